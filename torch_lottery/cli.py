@@ -1,0 +1,170 @@
+"""The ``torch-lottery`` command line: one argparse subcommand per job; this module owns printing.
+
+Subcommands:
+    reproduce   run the lottery-ticket experiments of Frankle & Carbin (2019) on real data
+                (progress bar, table, JSON/CSV, PNG plots, the final ticket file).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+from typing import Any, Callable, Optional, Sequence
+
+__all__ = ["main"]
+
+
+# ----------------------------------------------------------------------------- reproduce
+
+
+def _add_reproduce(subparsers: Any) -> None:
+    p = subparsers.add_parser(
+        "reproduce",
+        help="reproduce the lottery-ticket experiments (winning tickets vs controls) on real data",
+        description=(
+            "Find winning tickets by iterative magnitude pruning with rewinding to theta_0, and compare "
+            "them with random re-initialization, random masks and one-shot pruning, over several seeds. "
+            "The default 'quick' profile fits in about 10 minutes on 2 CPU cores with a reduced budget; "
+            "--full runs the paper's budget. Interrupted runs resume: rerun the same command."
+        ),
+    )
+    p.add_argument("--full", action="store_true", help="the paper's budget (iterations, 16 rounds, 5 seeds)")
+    p.add_argument("--model", default="lenet", choices=["lenet", "conv2", "conv4", "conv6"])
+    p.add_argument("--dataset", default="fashion-mnist", choices=["fashion-mnist", "mnist", "cifar10"])
+    p.add_argument("--data-dir", default="data", help="torchvision root (default: ./data)")
+    p.add_argument("--download", action="store_true", help="let torchvision download missing data (needs internet)")
+    p.add_argument("--out", default=None, help="output directory (default: runs/<model>-<dataset>-<profile>)")
+    p.add_argument("--iterations", type=int, default=None, help="training iterations per run (overrides profile)")
+    p.add_argument("--rounds", type=int, default=None, help="iterative pruning rounds (overrides profile)")
+    p.add_argument("--seeds", type=int, default=None, help="number of seeds 0..N-1 (overrides profile)")
+    p.add_argument("--oneshot-every", type=int, default=None, help="one-shot comparison every N rounds; 0: none")
+    p.add_argument("--eval-every", type=int, default=100, help="validation period in iterations (paper: 100)")
+    p.add_argument("--train-limit", type=int, default=None, help=argparse.SUPPRESS)  # smoke tests only
+    p.add_argument("--threads", type=int, default=1,
+                   help="torch intra-op threads (default 1: batch-60 nets gain little from more, and it stays fast "
+                        "on a busy machine)")
+    p.add_argument("--no-plots", action="store_true", help="skip the PNG figures")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("-v", "--verbose", action="store_true", help="also show the engine's per-round log")
+    p.set_defaults(func=_cmd_reproduce)
+
+
+def _progress_bar(total: int, enabled: bool) -> tuple[Callable[[int], None], Callable[[str], None], Callable[[], None]]:
+    """(advance, write, close) for a tqdm bar, or plain stderr output if tqdm is missing or disabled."""
+    if enabled:
+        try:
+            from tqdm import tqdm
+        except ModuleNotFoundError:
+            print("(no progress bar: pip install torch_lottery[progress])", file=sys.stderr)
+        else:
+            bar = tqdm(total=total, unit="it", desc="training", dynamic_ncols=True, smoothing=0.05)
+            return bar.update, lambda s: bar.write(s, file=sys.stderr), bar.close
+    return (lambda n: None), (lambda s: print(s, file=sys.stderr)), (lambda: None)
+
+
+class _WriteHandler(logging.Handler):
+    def __init__(self, write: Callable[[str], None]) -> None:
+        super().__init__()
+        self._write = write
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self._write(self.format(record))
+
+
+def _cmd_reproduce(args: argparse.Namespace) -> int:
+    import torch
+
+    from . import reproduce as rp
+    from .data import load_dataset
+
+    torch.set_num_threads(max(1, args.threads))
+    config = rp.make_config(
+        profile="full" if args.full else "quick",
+        dataset=args.dataset,
+        model=args.model,
+        iterations=args.iterations,
+        rounds=args.rounds,
+        seeds=None if args.seeds is None else list(range(args.seeds)),
+        eval_every=args.eval_every,
+        oneshot_every=args.oneshot_every,
+        train_limit=args.train_limit,
+    )
+    out = Path(args.out or f"runs/{config.model}-{config.dataset}-{config.profile.replace('+', '-')}")
+    from .models import PAPER_SETTINGS
+
+    paper_iterations = PAPER_SETTINGS[config.model].iterations
+    print(f"torch-lottery reproduce: {config.model} on {config.dataset}, profile {config.profile!r} -> {out}")
+    print(f"  {config.iterations} iterations/run (paper: {paper_iterations}), batch {config.batch_size}, "
+          f"Adam lr {config.lr:g}, validation every {config.eval_every}")
+    print(f"  {config.rounds} pruning rounds, seeds {list(config.seeds)}, controls {list(config.controls)}, "
+          f"one-shot at rounds {list(config.oneshot_rounds)}")
+    if config.profile != "full":
+        print("  NOTE: reduced budget (not the paper's); numbers are indicative. Use --full for the paper's budget.")
+
+    data = load_dataset(config.dataset, root=args.data_dir, download=args.download,
+                        validation_size=config.validation_size, train_limit=config.train_limit)
+    finished = {(r["seed"], r["kind"], r["round"]) for r in rp.load_results(out)}
+    pending = [run for run in rp.planned_runs(config) if run not in finished]
+    if finished:
+        print(f"  resuming: {len(finished)} runs already finished in {out}, {len(pending)} to go")
+
+    advance, write, close = _progress_bar(len(pending) * config.iterations, not args.no_progress)
+    handler = _WriteHandler(write)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    loggers = [logging.getLogger("torch_lottery.reproduce")]
+    if args.verbose:
+        loggers.append(logging.getLogger("torch_lottery"))
+    for lg in loggers:
+        lg.addHandler(handler)
+        lg.setLevel(logging.INFO)
+    try:
+        runs = rp.run_experiment(config, data, out, progress=advance)
+    finally:
+        close()
+        for lg in loggers:
+            lg.removeHandler(handler)
+
+    files = rp.write_outputs(runs, config, out)
+    summary = rp.summarize(runs)
+    print()
+    print(rp.format_table(summary, config))
+    print("(mean ± sample std over seeds; ES = early stop at the minimum validation loss)")
+    if not args.no_plots:
+        from .plots import plot_results
+
+        seed0 = [r for r in runs if r["kind"] == "ticket" and r["seed"] == config.seeds[0]]
+        pick = sorted({0, config.rounds // 2, config.rounds})
+        curves = {100 * r["weights_remaining"]: r["curve"] for r in seed0 if r["round"] in pick}
+        title = f"{config.model} on {config.dataset}, profile {config.profile}: {config.iterations} it/run, " \
+                f"{len(config.seeds)} seeds"
+        files.update(plot_results(summary, out, title=title, curves=curves))
+    tickets = sorted(out.glob("ticket-seed*.safetensors"))
+    print("\nwrote: " + ", ".join(str(p) for p in [*files.values(), *tickets]))
+    return 0
+
+
+# ----------------------------------------------------------------------------- entry point
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``torch-lottery`` argument parser with every subcommand."""
+    parser = argparse.ArgumentParser(prog="torch-lottery", description="Lottery tickets for PyTorch models.")
+    subparsers = parser.add_subparsers(dest="command", metavar="command")
+    _add_reproduce(subparsers)
+    return parser
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Entry point of the ``torch-lottery`` script."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if getattr(args, "func", None) is None:
+        parser.print_help()
+        return 2
+    return int(args.func(args))
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
