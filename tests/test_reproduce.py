@@ -205,3 +205,13 @@ def test_cli_reproduce_prints_table_and_writes_files(tmp_path: Path, data_root: 
     for name in ("results.json", "runs.csv", "accuracy.png", "controls.png", "curves.png"):
         assert (out / name).is_file(), name
     assert len(load_results(out)) == 5
+
+
+def test_parallel_workers_give_the_same_numbers_as_one_process(tmp_path: Path, data) -> None:
+    cfg = make_config(iterations=50, rounds=0, seeds=[0, 1], eval_every=50, oneshot_every=0, train_limit=3000)
+    ticks: list[int] = []
+    parallel = run_experiment(cfg, data, tmp_path / "p", progress=ticks.append, jobs=2)
+    serial = run_experiment(cfg, data, tmp_path / "s")
+    strip = lambda rs: [{k: v for k, v in r.items() if k != "seconds"} for r in rs]  # noqa: E731
+    assert strip(parallel) == strip(serial)
+    assert sum(ticks) == len(planned_runs(cfg)) * 50 == 100

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
@@ -40,11 +41,15 @@ def _add_reproduce(subparsers: Any) -> None:
     p.add_argument("--rounds", type=int, default=None, help="iterative pruning rounds (overrides profile)")
     p.add_argument("--seeds", type=int, default=None, help="number of seeds 0..N-1 (overrides profile)")
     p.add_argument("--oneshot-every", type=int, default=None, help="one-shot comparison every N rounds; 0: none")
+    p.add_argument("--controls", default="reinit,random",
+                   help="comma-separated controls at every pruned round: reinit, random (default both; '' for none)")
     p.add_argument("--eval-every", type=int, default=100, help="validation period in iterations (paper: 100)")
     p.add_argument("--train-limit", type=int, default=None, help=argparse.SUPPRESS)  # smoke tests only
     p.add_argument("--threads", type=int, default=1,
                    help="torch intra-op threads (default 1: batch-60 nets gain little from more, and it stays fast "
                         "on a busy machine)")
+    p.add_argument("--jobs", type=int, default=None,
+                   help="worker processes, one seed each at a time (default: the CPU count, at most the seeds)")
     p.add_argument("--no-plots", action="store_true", help="skip the PNG figures")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("-v", "--verbose", action="store_true", help="also show the engine's per-round log")
@@ -89,6 +94,7 @@ def _cmd_reproduce(args: argparse.Namespace) -> int:
         seeds=None if args.seeds is None else list(range(args.seeds)),
         eval_every=args.eval_every,
         oneshot_every=args.oneshot_every,
+        controls=[c for c in args.controls.split(",") if c],
         train_limit=args.train_limit,
     )
     out = Path(args.out or f"runs/{config.model}-{config.dataset}-{config.profile.replace('+', '-')}")
@@ -120,7 +126,8 @@ def _cmd_reproduce(args: argparse.Namespace) -> int:
         lg.addHandler(handler)
         lg.setLevel(logging.INFO)
     try:
-        runs = rp.run_experiment(config, data, out, progress=advance)
+        jobs = args.jobs if args.jobs is not None else (os.cpu_count() or 1)
+        runs = rp.run_experiment(config, data, out, progress=advance, jobs=max(1, min(jobs, len(config.seeds))))
     finally:
         close()
         for lg in loggers:

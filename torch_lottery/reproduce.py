@@ -30,7 +30,7 @@ import math
 import os
 import statistics
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Sequence, Union
 
@@ -151,7 +151,9 @@ def make_config(
         raise ValueError(f"make_config(): controls={list(controls)!r} has unknown {bad!r}; use 'reinit' and/or 'random'")
     base = PROFILES[profile]
     paper = PAPER_SETTINGS[model]
-    overridden = any(v is not None for v in (iterations, rounds, seeds, oneshot_every, train_limit))
+    overridden = any(v is not None for v in (iterations, rounds, seeds, oneshot_every, train_limit)) or (
+        tuple(controls) != ("reinit", "random")
+    )
     iterations = iterations if iterations is not None else (base["iterations"] or paper.iterations)
     rounds = rounds if rounds is not None else base["rounds"]
     seeds = tuple(seeds) if seeds is not None else tuple(base["seeds"])
@@ -343,6 +345,7 @@ def run_experiment(
     out_dir: PathLike,
     *,
     progress: Progress | None = None,
+    jobs: int = 1,
 ) -> list[dict[str, Any]]:
     """Run (or resume) every planned training run of ``config`` and return all run records.
 
@@ -351,19 +354,38 @@ def run_experiment(
         data: from :func:`torch_lottery.data.load_dataset` (``config.dataset``).
         out_dir: results directory; finished runs found there are not repeated.
         progress: called with the number of training iterations just done.
+        jobs: worker processes; seeds are shared out among them (each seed's runs stay in one
+            process, so results do not depend on ``jobs``). Each worker uses
+            ``torch.get_num_threads()`` of the caller.
 
     Returns:
         One dict per run (see :func:`train_run`, plus ``seed``, ``kind``, ``round``,
-        ``weights_remaining``, ``remaining``, ``total``, ``remaining_per_layer``).
+        ``weights_remaining``, ``remaining``, ``total``, ``remaining_per_layer``), in file order.
 
     Raises:
-        ValueError: ``out_dir`` holds results of a different configuration.
+        ValueError: ``out_dir`` holds results of a different configuration, or ``jobs`` < 1.
+        RuntimeError: a worker process failed (its traceback is in the message).
     """
-    from . import LotteryTicket, random_masks_like  # the public API only
-
+    if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1:
+        raise ValueError(f"run_experiment(): jobs={jobs!r} must be an int >= 1")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     _check_config(out_dir, config)
+    jobs = min(jobs, len(config.seeds))
+    if jobs == 1:
+        for seed in config.seeds:
+            _run_seed(config, data, out_dir, seed, progress)
+    else:
+        _run_parallel(config, data, out_dir, jobs, progress)
+    return load_results(out_dir)
+
+
+def _run_seed(
+    config: ReproConfig, data: DatasetSplits, out_dir: Path, seed: int, progress: Progress | None
+) -> None:
+    """Every planned run of one seed, skipping finished ones (see the module docstring)."""
+    from . import LotteryTicket, random_masks_like  # the public API only
+
     settings = PAPER_SETTINGS[config.model]
     runs_dir, state_dir = out_dir / "runs", out_dir / "state"
     done = {p.stem for p in runs_dir.glob("*.json")} if runs_dir.is_dir() else set()
@@ -396,68 +418,122 @@ def run_experiment(
         return train_run(model, data, iterations=config.iterations, batch_size=config.batch_size,
                          lr=config.lr, eval_every=config.eval_every, seed=100_003 * seed + rnd, progress=progress)
 
-    for seed in config.seeds:
-        model = new_model(seed)
-        rates = paper_layer_rates(model, settings)
-        ticket = new_ticket(model, rates, seed)
-        state_path = state_dir / f"seed{seed}-ticket.pt"
-        if state_path.is_file():
-            ticket.load_state_dict(_load_tensors(state_path))
-            ticket.rewind_()  # load_state_dict installs masks and snapshot; the weights are rewound here
-            logger.info("seed %d: resumed the iterative ticket after round %d", seed, ticket.round)
-        dense_path = state_dir / f"seed{seed}-dense-trained.pt"
+    model = new_model(seed)
+    rates = paper_layer_rates(model, settings)
+    ticket = new_ticket(model, rates, seed)
+    state_path = state_dir / f"seed{seed}-ticket.pt"
+    if state_path.is_file():
+        ticket.load_state_dict(_load_tensors(state_path))
+        ticket.rewind_()  # load_state_dict installs masks and snapshot; the weights are rewound here
+        logger.info("seed %d: resumed the iterative ticket after round %d", seed, ticket.round)
+    dense_path = state_dir / f"seed{seed}-dense-trained.pt"
 
-        for rnd in range(config.rounds + 1):
-            masks_path = state_dir / f"seed{seed}-masks-r{rnd:02d}.pt"
-            # --- iterative ticket, round rnd (rnd prunes applied) ---
-            if ticket.round == rnd:
-                if not masks_path.is_file():
-                    _save_tensors(masks_path, {k: v.clone() for k, v in ticket.masks.items()})
-                key = _run_key(seed, "ticket", rnd)
-                if rnd < config.rounds:
-                    with ticket:
-                        result = train(model, seed, "ticket", rnd)
-                        if rnd == 0:
-                            _save_tensors(dense_path, {k: v.detach().clone() for k, v in model.state_dict().items()})
-                        masks_trained = {k: v.clone() for k, v in ticket.masks.items()}
-                    _save_tensors(state_path, ticket.state_dict())
-                    record(seed, "ticket", rnd, masks_trained, result)
-                elif key not in done:
-                    record(seed, "ticket", rnd, ticket.masks, train(model, seed, "ticket", rnd))
-            masks = _load_tensors(masks_path)
-            if rnd == 0:
-                continue
-            # --- controls on this round's masks ---
-            if "reinit" in config.controls and _run_key(seed, "reinit", rnd) not in done:
-                other = new_model(1_000_000 + 1000 * seed + rnd)  # a fresh random initialization
-                control = new_ticket(other, rates, seed)
-                control.snapshot_()  # the rewind point is this fresh initialization
-                control.set_masks_(masks, rewind=True)
-                record(seed, "reinit", rnd, masks, train(other, seed, "reinit", rnd))
-            if "random" in config.controls and _run_key(seed, "random", rnd) not in done:
-                other = new_model(seed)  # the ticket's theta_0
-                control = new_ticket(other, rates, seed)
-                control.snapshot_()
-                random_masks = random_masks_like(masks, seed=7919 * seed + rnd)
-                control.set_masks_(random_masks, rewind=True)
-                record(seed, "random", rnd, random_masks, train(other, seed, "random", rnd))
-            # --- one-shot pruning straight to this round's per-layer sparsity ---
-            if rnd in config.oneshot_rounds and _run_key(seed, "oneshot", rnd) not in done:
-                other = new_model(seed)  # theta_0
-                oneshot_rates = {k: 1.0 - (1.0 - r) ** rnd for k, r in rates.items()}
-                oneshot = new_ticket(other, oneshot_rates, seed)
-                with oneshot:  # "training" = loading the dense network's trained weights
-                    other.load_state_dict(_load_tensors(dense_path))
-                record(seed, "oneshot", rnd, oneshot.masks, train(other, seed, "oneshot", rnd))
+    for rnd in range(config.rounds + 1):
+        masks_path = state_dir / f"seed{seed}-masks-r{rnd:02d}.pt"
+        # --- iterative ticket, round rnd (rnd prunes applied) ---
+        if ticket.round == rnd:
+            if not masks_path.is_file():
+                _save_tensors(masks_path, {k: v.clone() for k, v in ticket.masks.items()})
+            key = _run_key(seed, "ticket", rnd)
+            if rnd < config.rounds:
+                with ticket:
+                    result = train(model, seed, "ticket", rnd)
+                    if rnd == 0:
+                        _save_tensors(dense_path, {k: v.detach().clone() for k, v in model.state_dict().items()})
+                    masks_trained = {k: v.clone() for k, v in ticket.masks.items()}
+                _save_tensors(state_path, ticket.state_dict())
+                record(seed, "ticket", rnd, masks_trained, result)
+            elif key not in done:
+                record(seed, "ticket", rnd, ticket.masks, train(model, seed, "ticket", rnd))
+        masks = _load_tensors(masks_path)
+        if rnd == 0:
+            continue
+        # --- controls on this round's masks ---
+        if "reinit" in config.controls and _run_key(seed, "reinit", rnd) not in done:
+            other = new_model(1_000_000 + 1000 * seed + rnd)  # a fresh random initialization
+            control = new_ticket(other, rates, seed)
+            control.snapshot_()  # the rewind point is this fresh initialization
+            control.set_masks_(masks, rewind=True)
+            record(seed, "reinit", rnd, masks, train(other, seed, "reinit", rnd))
+        if "random" in config.controls and _run_key(seed, "random", rnd) not in done:
+            other = new_model(seed)  # the ticket's theta_0
+            control = new_ticket(other, rates, seed)
+            control.snapshot_()
+            random_masks = random_masks_like(masks, seed=7919 * seed + rnd)
+            control.set_masks_(random_masks, rewind=True)
+            record(seed, "random", rnd, random_masks, train(other, seed, "random", rnd))
+        # --- one-shot pruning straight to this round's per-layer sparsity ---
+        if rnd in config.oneshot_rounds and _run_key(seed, "oneshot", rnd) not in done:
+            other = new_model(seed)  # theta_0
+            oneshot_rates = {k: 1.0 - (1.0 - r) ** rnd for k, r in rates.items()}
+            oneshot = new_ticket(other, oneshot_rates, seed)
+            with oneshot:  # "training" = loading the dense network's trained weights
+                other.load_state_dict(_load_tensors(dense_path))
+            record(seed, "oneshot", rnd, oneshot.masks, train(other, seed, "oneshot", rnd))
 
-        final_path = out_dir / f"ticket-seed{seed}.safetensors"
-        if hasattr(ticket, "save") and not final_path.is_file():
-            ticket.save(final_path)
-            logger.info("seed %d: final ticket (round %d) saved to %s", seed, ticket.round, final_path)
-        # TODO(ticket file): until LotteryTicket.save lands on main, only the resumable state in
-        # state/seed<k>-ticket.pt (ticket.state_dict()) is written for the final ticket.
+    final_path = out_dir / f"ticket-seed{seed}.safetensors"
+    if hasattr(ticket, "save") and not final_path.is_file():
+        ticket.save(final_path)
+        logger.info("seed %d: final ticket (round %d) saved to %s", seed, ticket.round, final_path)
+    # TODO(ticket file): until LotteryTicket.save lands on main, only the resumable state in
+    # state/seed<k>-ticket.pt (ticket.state_dict()) is written for the final ticket.
 
-    return load_results(out_dir)
+
+
+def _worker(config: ReproConfig, data: DatasetSplits, out_dir: str, seeds: Sequence[int], queue: Any,
+            threads: int, level: int) -> None:
+    """Entry point of a worker process: run ``seeds``, report progress and log lines through ``queue``."""
+    import traceback
+
+    torch.set_num_threads(threads)
+
+    class _Forward(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            queue.put(("log", record.getMessage()))
+
+    logger.addHandler(_Forward())
+    logger.setLevel(level)
+    logger.propagate = False
+    try:
+        for seed in seeds:
+            _run_seed(config, data, Path(out_dir), seed, lambda n: queue.put(("progress", n)))
+    except BaseException:  # noqa: BLE001 - reported to the parent, which raises
+        queue.put(("error", traceback.format_exc()))
+    else:
+        queue.put(("done", None))
+
+
+def _run_parallel(config: ReproConfig, data: DatasetSplits, out_dir: Path, jobs: int,
+                  progress: Progress | None) -> None:
+    import torch.multiprocessing as mp
+
+    ctx = mp.get_context("spawn")
+    queue = ctx.Queue()
+    groups = [list(config.seeds[i::jobs]) for i in range(jobs)]
+    procs = [ctx.Process(target=_worker, args=(config, data, str(out_dir), g, queue, torch.get_num_threads(),
+                                               logger.getEffectiveLevel()), daemon=True) for g in groups]
+    for proc in procs:
+        proc.start()
+    errors, running = [], len(procs)
+    try:
+        while running:
+            kind, payload = queue.get()
+            if kind == "progress":
+                if progress is not None:
+                    progress(payload)
+            elif kind == "log":
+                logger.info("%s", payload)
+            else:
+                running -= 1
+                if kind == "error":
+                    errors.append(payload)
+    finally:
+        for proc in procs:
+            if proc.is_alive() and (errors or running):
+                proc.terminate()
+            proc.join()
+    if errors:
+        raise RuntimeError("run_experiment(): a worker process failed:\n" + "\n".join(errors))
 
 
 # ----------------------------------------------------------------------------- summaries and files
