@@ -9,7 +9,7 @@ import torch
 
 
 def test_masks_are_identical_on_every_rank_under_ddp(tmp_path: Path) -> None:
-    worker = Path(__file__).parent / "dist" / "ddp_worker.py"
+    worker = Path(__file__).parent / "workers" / "ddp_worker.py"
     root = str(Path(__file__).resolve().parents[1])
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join([root, os.environ.get("PYTHONPATH", "")])}
     out = subprocess.run(
