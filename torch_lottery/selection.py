@@ -129,13 +129,21 @@ def _find_threshold(
 
     One streaming pass per 16-bit digit of the key, most significant first; each pass
     counts only the survivors whose higher digits equal the threshold's digits found so far.
+    Counts are int64 throughout (histograms, ``cumsum``, Python ints).
     """
     prefix = 0  # the threshold key's digits above ``shift``, as a signed integer
     below = 0  # survivors whose key is below every key with that prefix
+    hists: dict[torch.device, Tensor] = {}  # per device: _BINS counts plus one bin for the rest
+    ones: dict[torch.device, Tensor] = {}
+    ones_size = min([chunk] + [max([s.numel() for s in scores.values()] + [1])])
     for level, shift in enumerate(range(nbits - _DIGIT_BITS, -1, -_DIGIT_BITS)):
-        hist = torch.zeros(_BINS, dtype=torch.int64)
+        for h in hists.values():
+            h.zero_()
         for score, mask in zip(scores.values(), masks.values()):
-            part = None
+            device = score.device
+            if device not in hists:
+                hists[device] = torch.zeros(_BINS + 1, dtype=torch.int64, device=device)
+                ones[device] = torch.ones(ones_size, dtype=torch.int64, device=device)
             for _, keys, alive in _stream(score, mask, nbits=nbits, chunk=chunk):
                 if level == 0:
                     digits = (keys >> shift) + (_BINS // 2)  # signed top digit -> [0, 65535]
@@ -144,10 +152,12 @@ def _find_threshold(
                     digits = (keys >> shift) & _DIGIT_MASK
                     counted = alive & ((keys >> (shift + _DIGIT_BITS)) == prefix)
                 digits = torch.where(counted, digits, _BINS)  # the extra bin collects the rest
-                counts = torch.bincount(digits, minlength=_BINS + 1)
-                part = counts if part is None else part + counts
-            if part is not None:
-                hist += part[:_BINS].to("cpu", torch.int64)
+                increments = ones[device]
+                if increments.numel() < digits.numel():
+                    increments = ones[device] = torch.ones(digits.numel(), dtype=torch.int64, device=device)
+                # index_add_ into one preallocated int64 histogram: no per-chunk allocation
+                hists[device].index_add_(0, digits, increments[: digits.numel()])
+        hist = sum((h[:_BINS].cpu() for h in hists.values()), torch.zeros(_BINS, dtype=torch.int64))
         bucket, before = _select_bucket(hist, n - below)
         below += before
         prefix = bucket - _BINS // 2 if level == 0 else (prefix << _DIGIT_BITS) | bucket
