@@ -110,14 +110,20 @@ def _prune_lowest_radix(
         out = torch.empty(mask.shape, dtype=torch.bool, device=mask.device)
         out_flat = out.view(-1)
         for start, keys, alive in _stream(score, mask, nbits=nbits, chunk=chunk):
-            pruned = alive & (keys < threshold)
             if equal_to_prune > 0:
-                equal = alive & (keys == threshold)
+                pruned = keys < threshold
+                equal = keys == threshold
+                if alive is not None:
+                    equal &= alive
                 rank = equal.cumsum(0)  # int64: position of each tie among this chunk's ties
-                taken = equal & (rank <= equal_to_prune)
+                pruned |= equal & (rank <= equal_to_prune)
                 equal_to_prune -= int(rank[-1]) if rank.numel() else 0
-                pruned |= taken
-            out_flat[start : start + keys.numel()] = (alive & ~pruned).to(mask.device)
+                keep = ~pruned
+            else:
+                keep = keys >= threshold
+            if alive is not None:
+                keep &= alive
+            out_flat[start : start + keys.numel()] = keep.to(mask.device)
         new[key] = out
     return new
 
@@ -131,33 +137,45 @@ def _find_threshold(
     counts only the survivors whose higher digits equal the threshold's digits found so far.
     Counts are int64 throughout (histograms, ``cumsum``, Python ints).
     """
+    key_min, key_max = -(1 << (nbits - 1)), (1 << (nbits - 1)) - 1
+    trash = _BINS + 2  # histogram bins: [0, _BINS + 2) for digits and out-of-range, one for the dead
     prefix = 0  # the threshold key's digits above ``shift``, as a signed integer
     below = 0  # survivors whose key is below every key with that prefix
-    hists: dict[torch.device, Tensor] = {}  # per device: _BINS counts plus one bin for the rest
+    hists: dict[torch.device, Tensor] = {}
     ones: dict[torch.device, Tensor] = {}
     ones_size = min([chunk] + [max([s.numel() for s in scores.values()] + [1])])
     for level, shift in enumerate(range(nbits - _DIGIT_BITS, -1, -_DIGIT_BITS)):
         for h in hists.values():
             h.zero_()
+        if level == 0:
+            offset = 0
+        else:  # clamp keys into [low, high] so that (key - low) >> shift is the bin
+            base = prefix << (shift + _DIGIT_BITS)  # lowest key with the known prefix
+            low = max(base - (1 << shift), key_min)  # bin 0 gathers keys below the prefix...
+            high = min(base + (1 << (shift + _DIGIT_BITS)), key_max)  # ...the last bin those above
+            offset = (base - low) >> shift  # 1, or 0 where no key can lie below ``base``
         for score, mask in zip(scores.values(), masks.values()):
             device = score.device
             if device not in hists:
-                hists[device] = torch.zeros(_BINS + 1, dtype=torch.int64, device=device)
+                hists[device] = torch.zeros(trash + 1, dtype=torch.int64, device=device)
                 ones[device] = torch.ones(ones_size, dtype=torch.int64, device=device)
             for _, keys, alive in _stream(score, mask, nbits=nbits, chunk=chunk):
                 if level == 0:
-                    digits = (keys >> shift) + (_BINS // 2)  # signed top digit -> [0, 65535]
-                    counted = alive
+                    bins = (keys >> shift) + (_BINS // 2)  # signed top digit -> [0, 65535]
                 else:
-                    digits = (keys >> shift) & _DIGIT_MASK
-                    counted = alive & ((keys >> (shift + _DIGIT_BITS)) == prefix)
-                digits = torch.where(counted, digits, _BINS)  # the extra bin collects the rest
+                    bins = keys.clamp(low, high) - low
+                    if shift:
+                        bins >>= shift
+                if alive is not None:
+                    bins = torch.where(alive, bins, trash)
                 increments = ones[device]
-                if increments.numel() < digits.numel():
-                    increments = ones[device] = torch.ones(digits.numel(), dtype=torch.int64, device=device)
+                if increments.numel() < bins.numel():
+                    increments = ones[device] = torch.ones(bins.numel(), dtype=torch.int64, device=device)
                 # index_add_ into one preallocated int64 histogram: no per-chunk allocation
-                hists[device].index_add_(0, digits, increments[: digits.numel()])
-        hist = sum((h[:_BINS].cpu() for h in hists.values()), torch.zeros(_BINS, dtype=torch.int64))
+                hists[device].index_add_(0, bins, increments[: bins.numel()])
+        hist = sum(
+            (h[offset : offset + _BINS].cpu() for h in hists.values()), torch.zeros(_BINS, dtype=torch.int64)
+        )
         bucket, before = _select_bucket(hist, n - below)
         below += before
         prefix = bucket - _BINS // 2 if level == 0 else (prefix << _DIGIT_BITS) | bucket
@@ -180,21 +198,30 @@ def _stream(score: Tensor, mask: Tensor, *, nbits: int, chunk: int):
 
     ``keys`` is an order-preserving signed integer image of the scores: for floats ``a``,
     ``b``: ``a < b`` iff ``key(a) < key(b)``, ``key(-0.0) == key(0.0)``, and every NaN maps
-    to the largest key. ``alive`` is the bool mask chunk on the scores' device.
+    to the largest key. For chunks of non-negative, non-NaN floats it is the float bits
+    themselves (a view: never write to it). ``alive`` is the bool mask chunk on the scores'
+    device, or ``None`` when the whole chunk survives.
     """
     fdtype, idtype = (torch.float64, torch.int64) if nbits == 64 else (torch.float32, torch.int32)
     largest = (1 << (nbits - 1)) - 1
+    inf_bits = int(torch.tensor(float("inf"), dtype=fdtype).view(idtype))
     flat_score = score.detach().reshape(-1)
     flat_mask = mask.detach().reshape(-1)
     for start in range(0, flat_score.numel(), chunk):
         values = flat_score[start : start + chunk].to(fdtype)
         bits = values.view(idtype)
-        magnitude = bits & largest
-        keys = torch.where(bits < 0, -magnitude, magnitude)
-        nan = values.isnan()
-        if bool(nan.any()):
-            keys.masked_fill_(nan, largest)
+        lowest, highest = (int(v) for v in bits.aminmax())
+        if lowest >= 0 and highest <= inf_bits:  # +0.0 .. +inf: the bits already sort
+            keys = bits
+        else:
+            magnitude = bits & largest
+            keys = torch.where(bits < 0, -magnitude, magnitude)
+            nan = values.isnan()
+            if bool(nan.any()):
+                keys.masked_fill_(nan, largest)
         alive = flat_mask[start : start + chunk].to(values.device, torch.bool)
+        if bool(alive.all()):
+            alive = None
         yield start, keys, alive
 
 
