@@ -215,3 +215,33 @@ def test_parallel_workers_give_the_same_numbers_as_one_process(tmp_path: Path, d
     strip = lambda rs: [{k: v for k, v in r.items() if k != "seconds"} for r in rs]  # noqa: E731
     assert strip(parallel) == strip(serial)
     assert sum(ticks) == len(planned_runs(cfg)) * 50 == 100
+
+
+def test_reproduce_modules_import_without_extras_and_name_the_extra_when_needed(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+    import textwrap
+
+    code = textwrap.dedent(
+        """
+        import sys
+        class Block:
+            def find_spec(self, name, path=None, target=None):
+                if name.split(".")[0] in {"torchvision", "matplotlib", "tqdm"}:
+                    raise ModuleNotFoundError(f"No module named {name!r}")
+        sys.meta_path.insert(0, Block())
+        import torch_lottery.data, torch_lottery.models, torch_lottery.reproduce, torch_lottery.plots
+        import torch_lottery.cli
+        from torch_lottery.data import load_dataset
+        from torch_lottery.plots import plot_results
+        for call in (lambda: load_dataset("fashion-mnist", root=sys.argv[1]), lambda: plot_results([], sys.argv[1])):
+            try:
+                call()
+            except ModuleNotFoundError as exc:
+                print(exc)
+        """
+    )
+    out = subprocess.run([sys.executable, "-c", code, str(tmp_path)], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert "pip install torch_lottery[vision]" in out.stdout
+    assert "pip install torch_lottery[plot]" in out.stdout

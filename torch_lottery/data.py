@@ -167,7 +167,7 @@ def load_dataset(
         raise ValueError(f"load_dataset(): train_limit={train_limit!r} must be a positive int or None")
     try:
         import torchvision.datasets as tvd
-    except ModuleNotFoundError as exc:  # pragma: no cover - depends on the environment
+    except ModuleNotFoundError as exc:
         raise ModuleNotFoundError(
             "load_dataset(): torchvision is required to read datasets; pip install torch_lottery[vision]"
         ) from exc

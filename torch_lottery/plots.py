@@ -89,7 +89,7 @@ def plot_results(
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
-    except ModuleNotFoundError as exc:  # pragma: no cover - depends on the environment
+    except ModuleNotFoundError as exc:
         raise ModuleNotFoundError("plot_results(): matplotlib is required; pip install torch_lottery[plot]") from exc
 
     out = Path(out_dir)
