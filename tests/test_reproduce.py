@@ -245,3 +245,15 @@ def test_reproduce_modules_import_without_extras_and_name_the_extra_when_needed(
     assert out.returncode == 0, out.stderr
     assert "pip install torch_lottery[vision]" in out.stdout
     assert "pip install torch_lottery[plot]" in out.stdout
+
+
+def test_adding_seeds_reuses_the_finished_ones(tmp_path: Path, data) -> None:
+    one = make_config(iterations=50, rounds=0, seeds=[0], eval_every=50, oneshot_every=0, train_limit=3000)
+    two = make_config(iterations=50, rounds=0, seeds=[0, 1], eval_every=50, oneshot_every=0, train_limit=3000)
+    first = run_experiment(one, data, tmp_path)
+    ticks: list[int] = []
+    both = run_experiment(two, data, tmp_path, progress=ticks.append)
+    assert sum(ticks) == 50  # only seed 1 trained
+    assert [r for r in both if r["seed"] == 0] == first
+    assert json.loads((tmp_path / "config.json").read_text())["seeds"] == [0, 1]
+    assert run_experiment(one, data, tmp_path) == first  # a subset of seeds returns only those

@@ -309,7 +309,7 @@ def _load_tensors(path: Path) -> Any:
 
 
 def load_results(out_dir: PathLike) -> list[dict[str, Any]]:
-    """Every finished run recorded under ``<out_dir>/runs/``, in file-name order."""
+    """Every finished run recorded under ``<out_dir>/runs/``, in file-name order (all seeds there)."""
     runs = Path(out_dir) / "runs"
     if not runs.is_dir():
         return []
@@ -317,17 +317,19 @@ def load_results(out_dir: PathLike) -> list[dict[str, Any]]:
 
 
 def _check_config(out_dir: Path, config: ReproConfig) -> None:
+    """Refuse an ``out_dir`` holding another configuration. Seeds may differ: each seed's runs are
+    independent and keyed by seed, so adding seeds to a finished experiment reuses its runs."""
     path = out_dir / "config.json"
+    new = config.to_dict()
     if path.is_file():
         old = json.loads(path.read_text())
-        if old != config.to_dict():
-            diff = sorted(k for k in set(old) | set(config.to_dict()) if old.get(k) != config.to_dict().get(k))
+        diff = sorted(k for k in set(old) | set(new) if k != "seeds" and old.get(k) != new.get(k))
+        if diff:
             raise ValueError(
                 f"run_experiment(): out_dir={str(out_dir)!r} holds runs of a different configuration "
                 f"(differs in {diff}); use another output directory or delete it to start over"
             )
-    else:
-        _write_json(path, config.to_dict())
+    _write_json(path, new)
 
 
 # ----------------------------------------------------------------------------- the experiment
@@ -363,7 +365,8 @@ def run_experiment(
         ``weights_remaining``, ``remaining``, ``total``, ``remaining_per_layer``), in file order.
 
     Raises:
-        ValueError: ``out_dir`` holds results of a different configuration, or ``jobs`` < 1.
+        ValueError: ``out_dir`` holds results of a different configuration (other than its seeds:
+            adding seeds reuses the finished ones), or ``jobs`` < 1.
         RuntimeError: a worker process failed (its traceback is in the message).
     """
     if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1:
@@ -377,7 +380,7 @@ def run_experiment(
             _run_seed(config, data, out_dir, seed, progress)
     else:
         _run_parallel(config, data, out_dir, jobs, progress)
-    return load_results(out_dir)
+    return [r for r in load_results(out_dir) if r["seed"] in config.seeds]
 
 
 def _run_seed(
