@@ -1,5 +1,28 @@
-"""torch_lottery: find lottery tickets in any PyTorch model, inside any training loop."""
+"""torch_lottery: find lottery tickets in any PyTorch model, inside any training loop.
+
+The core imports only torch (and safetensors for ticket files); torchvision, matplotlib, tqdm
+and torch-pruning are optional extras imported where used.
+"""
+
+from .backends import MaskBackend, PruneBackend
+from .controls import fresh_init, random_masks_like
+from .lottery import LotteryTicket, per_round_rate
+from .scoring import CRITERIA
+from .selection import prune_lowest
+from .targets import Target, find_targets
 
 __version__ = "0.1.0"
 
-__all__ = ["__version__"]
+__all__ = [
+    "CRITERIA",
+    "LotteryTicket",
+    "MaskBackend",
+    "PruneBackend",
+    "Target",
+    "__version__",
+    "find_targets",
+    "fresh_init",
+    "per_round_rate",
+    "prune_lowest",
+    "random_masks_like",
+]

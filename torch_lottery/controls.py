@@ -1,0 +1,95 @@
+"""The paper's control experiments: random masks with a ticket's counts, random re-initialization."""
+
+from __future__ import annotations
+
+import copy
+import logging
+from typing import Mapping, Sequence
+
+import torch
+from torch import Tensor, nn
+
+from .targets import Target, get_place
+
+__all__ = ["fresh_init", "random_masks_like"]
+
+logger = logging.getLogger(__name__)
+
+
+def random_masks_like(masks: Mapping[str, Tensor], *, seed: int = 0) -> dict[str, Tensor]:
+    """Random masks with exactly the same number of survivors per tensor as ``masks``.
+
+    Args:
+        masks: FQN -> bool mask (e.g. ``ticket.masks``).
+        seed: seed of the positions drawn; the same seed gives the same masks.
+
+    Returns:
+        FQN -> bool mask of the same shape, device and count of ``True`` entries.
+
+    Example:
+        >>> import torch
+        >>> m = random_masks_like({"w": torch.tensor([True, False, True, False])}, seed=1)
+        >>> int(m["w"].sum())
+        2
+    """
+    generator = torch.Generator().manual_seed(seed)
+    out = {}
+    for key, mask in masks.items():
+        if mask.dtype != torch.bool:
+            raise TypeError(f"random_masks_like(): masks[{key!r}] has dtype {mask.dtype}; pass bool masks")
+        keep = int(mask.sum())
+        flat = torch.zeros(mask.numel(), dtype=torch.bool)
+        flat[torch.randperm(mask.numel(), generator=generator)[:keep]] = True
+        out[key] = flat.reshape(mask.shape).to(mask.device)
+    return out
+
+
+def _detached_clone(module: nn.Module) -> nn.Module:
+    """A shallow copy of ``module`` and its children with fresh parameters and cloned buffers,
+    so ``reset_parameters()`` on it cannot touch the original (pruned or not)."""
+    clone = copy.copy(module)
+    clone.__dict__ = dict(module.__dict__)
+    clone._forward_pre_hooks = type(module._forward_pre_hooks)()
+    params = {}
+    for local, p in module._parameters.items():
+        if p is None:
+            params[local] = None
+            continue
+        name = local[: -len("_orig")] if local.endswith("_orig") and local[: -len("_orig")] in module.__dict__ else local
+        params[name] = nn.Parameter(torch.empty_like(p.detach()), requires_grad=p.requires_grad)
+        clone.__dict__.pop(name, None)
+    clone._parameters = params
+    clone._buffers = {k: (None if b is None else b.detach().clone()) for k, b in module._buffers.items()}
+    clone._modules = {k: (None if m is None else _detached_clone(m)) for k, m in module._modules.items()}
+    return clone
+
+
+def fresh_init(model: nn.Module, targets: Sequence[Target], *, seed: int) -> dict[str, Tensor]:
+    """New random values for each target, drawn the way its layer initializes itself.
+
+    Each owning module is cloned (fresh tensors, nothing shared with ``model``) and re-initialized
+    with its ``reset_parameters()`` (or ``_reset_parameters()``) under ``seed``. A tensor whose
+    owner has neither (a raw ``nn.Parameter`` on a custom module) gets a random permutation of
+    its current values, which keeps its empirical distribution; this is logged.
+
+    Returns:
+        FQN -> new tensor (detached, on the target's device). ``model`` is not modified.
+    """
+    out: dict[str, Tensor] = {}
+    cuda = sorted({p.device.index or 0 for p in model.parameters() if p.is_cuda})
+    with torch.random.fork_rng(devices=cuda):
+        for i, target in enumerate(targets):
+            owner = get_place(model, target.module_name)
+            torch.manual_seed(seed * 100_003 + i)
+            reset = getattr(owner, "reset_parameters", None) or getattr(owner, "_reset_parameters", None)
+            if reset is not None:
+                clone = _detached_clone(owner)
+                getattr(clone, reset.__name__)()
+                out[target.fqn] = clone._parameters[target.name].detach()
+            else:
+                current = owner._parameters.get(target.name + "_orig", owner._parameters.get(target.name))
+                flat = current.detach().reshape(-1)
+                perm = torch.randperm(flat.numel()).to(flat.device)
+                out[target.fqn] = flat[perm].reshape(current.shape).clone()
+                logger.info("fresh_init: %s has no reset_parameters(); permuted its values instead", target.fqn)
+    return out
