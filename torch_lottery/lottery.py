@@ -722,6 +722,15 @@ class LotteryTicket:
         self._hooks = []
 
     # ------------------------------------------------------------------ resumable state
+    def save(
+        self, path: Any, *, encoding: str = "compact", include_trained: bool = False,
+        metadata: Optional[Mapping[str, str]] = None,
+    ) -> None:
+        """Save this ticket as one safetensors file; see :func:`torch_lottery.ticket_file.save_ticket`."""
+        from .ticket_file import save_ticket
+
+        save_ticket(self, path, encoding=encoding, include_trained=include_trained, metadata=metadata)
+
     def state_dict(self) -> dict[str, Any]:
         """Everything needed to resume an IMP run: settings, round, history, masks, snapshot.
 

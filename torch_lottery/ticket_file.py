@@ -29,15 +29,14 @@ import os
 import struct
 import tempfile
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Iterator, Mapping, Union
+from typing import Any, Iterator, Mapping, Union
 
 import safetensors.torch
 import torch
 from torch import Tensor, nn
-from torch.nn.utils import prune
 
-if TYPE_CHECKING:  # pragma: no cover
-    from torch_lottery.lottery import LotteryTicket
+from .lottery import LotteryTicket
+from .targets import canonical_name, named_state_tensors, unwrap_model
 
 __all__ = [
     "FORMAT_NAME",
@@ -250,52 +249,9 @@ def _encode(
 # --------------------------------------------------------------------------------------------------------------
 
 
-def _pruned_names(module: nn.Module) -> list[str]:
-    """Names of the tensors that torch.nn.utils.prune reparametrizes on ``module`` (``weight`` for ``weight_orig``)."""
-    return [
-        hook._tensor_name
-        for hook in module._forward_pre_hooks.values()
-        if isinstance(hook, prune.BasePruningMethod)
-    ]
-
-
-def _canonical_slots(model: nn.Module) -> dict[str, tuple[nn.Module, str, str]]:
-    """Canonical FQN -> (module, dict name ``_parameters``/``_buffers``, key) for every parameter and buffer.
-
-    A prune-reparametrized ``weight`` appears once, as ``weight``, pointing at ``weight_orig``; ``weight_mask``
-    is left out. Shared (tied) tensors appear under every name that reaches them.
-    """
-    slots: dict[str, tuple[nn.Module, str, str]] = {}
-    for prefix, module in model.named_modules(remove_duplicate=False):
-        pruned = set(_pruned_names(module))
-        dot = f"{prefix}." if prefix else ""
-        for key, param in module._parameters.items():
-            if param is None:
-                continue
-            name = key[: -len("_orig")] if key.endswith("_orig") and key[: -len("_orig")] in pruned else key
-            slots[dot + name] = (module, "_parameters", key)
-        for key, buf in module._buffers.items():
-            if buf is None or (key.endswith("_mask") and key[: -len("_mask")] in pruned):
-                continue
-            slots[dot + key] = (module, "_buffers", key)
-    return slots
-
-
-def _canonical_tensors(model: nn.Module) -> dict[str, Tensor]:
-    return {fqn: getattr(mod, kind)[key] for fqn, (mod, kind, key) in _canonical_slots(model).items()}
-
-
-def _current_masks(model: nn.Module) -> dict[str, Tensor]:
-    masks = {}
-    for prefix, module in model.named_modules(remove_duplicate=False):
-        dot = f"{prefix}." if prefix else ""
-        for name in _pruned_names(module):
-            masks[dot + name] = module._buffers[f"{name}_mask"]
-    return masks
-
-
 def _architecture(model: nn.Module) -> dict[str, list[int]]:
-    return {fqn: list(t.shape) for fqn, t in _canonical_tensors(model).items()}
+    """Canonical FQN -> shape of every parameter and persistent buffer (what a fresh model must match)."""
+    return {fqn: list(t.shape) for fqn, t in named_state_tensors(model, buffers=True).items()}
 
 
 def _model_class(model: nn.Module) -> str:
@@ -356,7 +312,7 @@ def _read_header(handle_bytes: bytes, fn: str, path: PathLike) -> dict[str, Any]
         )
     try:
         header = json.loads(handle_bytes[8 : 8 + length].decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
         raise ValueError(
             f"{fn}(): path={os.fspath(path)!r} has an unreadable safetensors header ({exc}); "
             "the file is corrupt or not a safetensors file"
@@ -405,6 +361,8 @@ _JSON_FIELDS: dict[str, type] = {
     "round": int,
     "sparsity": float,
     "include_trained": bool,
+    "rewind_captured": bool,
+    "steps": int,
 }
 
 
@@ -419,7 +377,7 @@ def _decode_metadata(meta: Mapping[str, str], fn: str, path: PathLike) -> dict[s
             raise ValueError(f"{fn}(): path={os.fspath(path)!r} lacks the metadata entry {key!r}; the file is corrupt")
         try:
             value = json.loads(meta[key])
-        except json.JSONDecodeError as exc:
+        except (json.JSONDecodeError, RecursionError) as exc:
             raise ValueError(
                 f"{fn}(): path={os.fspath(path)!r} has unreadable JSON in metadata entry {key!r} ({exc})"
             ) from exc
@@ -431,6 +389,9 @@ def _decode_metadata(meta: Mapping[str, str], fn: str, path: PathLike) -> dict[s
                 f"expected {kind.__name__}; the file is corrupt"
             )
         decoded[key] = value
+    for key in ("round", "steps"):
+        if decoded[key] < 0:
+            raise ValueError(f"{fn}(): path={os.fspath(path)!r} has {key}={decoded[key]!r} < 0; the file is corrupt")
     if not all(isinstance(t, str) for t in decoded["targets"]):
         raise ValueError(f"{fn}(): path={os.fspath(path)!r} has non-string target FQNs; the file is corrupt")
     for name, table in (("layout", decoded["layout"]), ("architecture", decoded["architecture"])):
@@ -550,19 +511,12 @@ def _read_file(path: PathLike, fn: str) -> TicketTensors:
 # --------------------------------------------------------------------------------------------------------------
 
 
-def _ticket_model(ticket: Any, fn: str) -> nn.Module:
-    model = getattr(ticket, "model", None)
-    if not isinstance(model, nn.Module):
-        raise TypeError(f"{fn}(): ticket={_describe(ticket)} has no .model; pass a LotteryTicket")
-    return model
-
-
-def _trained_weights(ticket: Any, model: nn.Module) -> dict[str, Tensor]:
-    """The weights the ticket trained to: the engine's snapshot when it keeps one, else the model's current state."""
-    snapshot = getattr(ticket, "trained_weights", None)
-    if isinstance(snapshot, Mapping) and snapshot:
-        return {k: v.detach().cpu() for k, v in snapshot.items()}
-    return {fqn: t.detach().cpu() for fqn, t in _canonical_tensors(model).items()}
+def _live_tensors(ticket: LotteryTicket) -> dict[str, Tensor]:
+    """The model's live tensors by canonical FQN, targets as the Parameter the optimizer updates (``*_orig``)."""
+    live = named_state_tensors(ticket.model, buffers=True)
+    for target in ticket.targets:
+        live[target.fqn] = ticket.backend.parameter(target)
+    return live
 
 
 def save_ticket(
@@ -577,36 +531,42 @@ def save_ticket(
 
     The write is atomic: a temporary file in the same directory is written, flushed to disk and renamed over
     ``path``, so a crash leaves either the previous file or the complete new one (and possibly a stray
-    ``.<name>.*.tmp`` file), never a half-written ``path``.
+    ``.<name>.*.tmp`` file), never a half-written ``path``. The ticket and its model are not modified.
 
     Args:
         ticket: the :class:`~torch_lottery.LotteryTicket` to save.
         path: destination file (conventionally ``*.safetensors``).
         encoding: ``"compact"`` (bit-packed masks, survivors only; the file shrinks with sparsity) or
             ``"dense"`` (bool masks, full weights; readable by any safetensors tool).
-        include_trained: also store the trained weights under ``trained/<fqn>``.
-        metadata: extra ``str -> str`` entries for the header; they may not override the library's keys.
+        include_trained: also store the model's current weights under ``trained/<fqn>`` (every parameter
+            and buffer; targets as their ``*_orig`` values). A round's exit rewinds the model, so to keep
+            what a round trained to, save inside the ``with`` block after training, or use ``rewind="none"``.
+        metadata: extra ``str -> str`` entries for the header; they may not override the format's keys.
 
     Raises:
         ValueError: on an unknown ``encoding`` or clashing ``metadata`` keys.
-        TypeError: if ``ticket`` is not a LotteryTicket-like object or ``metadata`` is not ``str -> str``.
+        TypeError: if ``ticket`` is not a LotteryTicket or ``metadata`` is not ``str -> str``.
+        OSError: if the file cannot be written (``path`` is then left as it was).
 
     Example:
         >>> ticket.save("lenet_ticket.safetensors")  # doctest: +SKIP
         >>> ticket2 = torch_lottery.load_ticket("lenet_ticket.safetensors", LeNet())  # doctest: +SKIP
     """
     fn = "save_ticket"
+    if not isinstance(ticket, LotteryTicket):
+        raise TypeError(f"{fn}(): ticket={_describe(ticket)} is not a LotteryTicket; pass the ticket to save")
     if encoding not in ENCODINGS:
         raise ValueError(f"{fn}(): encoding={encoding!r} is not supported; use one of {ENCODINGS!r}")
+    if not isinstance(include_trained, bool):
+        raise TypeError(f"{fn}(): include_trained={include_trained!r} must be a bool")
     if metadata is not None and not all(isinstance(k, str) and isinstance(v, str) for k, v in metadata.items()):
         raise TypeError(f"{fn}(): metadata must map str to str; convert values with str() or json.dumps()")
-    model = _ticket_model(ticket, fn)
+    state = ticket.state_dict()
     targets = list(ticket.target_fqns)
-    masks = {fqn: ticket.masks[fqn].detach().cpu().to(torch.bool) for fqn in targets}
-    rewind = {fqn: t.detach().cpu() for fqn, t in dict(ticket.rewind_weights or {}).items()}
-    trained = _trained_weights(ticket, model) if include_trained else None
-    tensors, layout = _encode(masks=masks, rewind=rewind, trained=trained, encoding=encoding)
-    config = ticket.config()
+    masks = {fqn: state["masks"][fqn].to(torch.bool) for fqn in targets}
+    trained = {k: v.detach().cpu() for k, v in _live_tensors(ticket).items()} if include_trained else None
+    tensors, layout = _encode(masks=masks, rewind=state["rewind_weights"], trained=trained, encoding=encoding)
+    config = state["config"]
     from torch_lottery import __version__
 
     meta: dict[str, str] = {
@@ -615,19 +575,21 @@ def save_ticket(
         "encoding": encoding,
         "torch_lottery_version": __version__,
         "torch_version": torch.__version__,
-        "model_class": _model_class(model),
-        "round": json.dumps(int(ticket.round)),
+        "model_class": _model_class(ticket.model),
+        "round": json.dumps(int(state["round"])),
         "sparsity": json.dumps(float(ticket.sparsity)),
         "scope": json.dumps(config.get("scope")),
         "rewind": json.dumps(config.get("rewind")),
         "seed": json.dumps(config.get("seed")),
-        "include_trained": json.dumps(bool(include_trained)),
+        "rewind_captured": json.dumps(bool(state.get("rewind_captured", True))),
+        "steps": json.dumps(int(state.get("steps", 0))),
+        "include_trained": json.dumps(include_trained),
         "config": json.dumps(config, sort_keys=True),
-        "history": json.dumps(list(ticket.history)),
+        "history": json.dumps(state["history"]),
         "summary": json.dumps(_mask_summary(masks)),
         "targets": json.dumps(targets),
         "layout": json.dumps(layout),
-        "architecture": json.dumps(_architecture(model)),
+        "architecture": json.dumps(_architecture(ticket.model)),
     }
     clash = sorted(set(metadata or {}) & (set(meta) | {_CHECKSUM_KEY}))
     if clash:
@@ -635,7 +597,7 @@ def save_ticket(
     meta.update(metadata or {})
     meta[_CHECKSUM_KEY] = _checksum(tensors, meta)
     _atomic_save(tensors, meta, path)
-    logger.info("saved ticket (%s, round %s, %d targets) to %s", encoding, ticket.round, len(targets), path)
+    logger.info("saved ticket (%s, round %s, %d targets) to %s", encoding, state["round"], len(targets), path)
 
 
 def read_ticket_tensors(path: PathLike) -> TicketTensors:
@@ -656,14 +618,19 @@ def read_ticket_info(path: PathLike) -> dict[str, Any]:
 
     Returns:
         dict with the decoded metadata: ``format``, ``format_version``, ``encoding``, ``torch_lottery_version``,
-        ``torch_version``, ``model_class``, ``round``, ``sparsity``, ``include_trained``, ``config``,
-        ``history``, ``summary`` (per-tensor ``fqn, shape, numel, remaining, sparsity``), ``targets``,
-        ``layout``, ``architecture``, ``checksum``, plus ``file_size`` (bytes) and ``tensor_bytes``
-        (bytes per role, from the header's offsets).
+        ``torch_version``, ``model_class``, ``round``, ``sparsity``, ``scope``, ``rewind``, ``seed``,
+        ``include_trained``, ``config``, ``history``, ``summary`` (per target: ``fqn``, ``shape``, ``numel``,
+        ``remaining``, ``sparsity``), ``targets``, ``layout``, ``architecture``, ``checksum``, plus
+        ``file_size`` (bytes) and ``tensor_bytes`` (bytes stored per role, from the header).
 
     Raises:
         ValueError: if the file is not a ticket file of a supported version.
         OSError: if the file cannot be read.
+
+    Example:
+        >>> info = read_ticket_info("resnet18_ticket.safetensors")  # doctest: +SKIP
+        >>> info["round"], info["sparsity"]  # doctest: +SKIP
+        (10, 0.8926...)
     """
     fn = "read_ticket_info"
     size = os.path.getsize(os.fspath(path))
@@ -676,8 +643,7 @@ def read_ticket_info(path: PathLike) -> dict[str, Any]:
     meta = _header_metadata(header, fn, path)
     info = _decode_metadata(meta, fn, path)
     for key in ("scope", "rewind", "seed"):
-        with contextlib.suppress(KeyError, json.JSONDecodeError):
-            info[key] = json.loads(meta[key])
+        info[key] = info["config"].get(key)
     tensor_bytes = {role: 0 for role in ROLES}
     for name, entry in header.items():
         if name == "__metadata__":
@@ -694,18 +660,18 @@ def read_ticket_info(path: PathLike) -> dict[str, Any]:
 
 @contextlib.contextmanager
 def _rollback_on_error(model: nn.Module) -> Iterator[None]:
-    """Restore ``model`` exactly (tensor values, Parameter objects, prune hooks, attributes) if the body raises."""
+    """Restore ``model`` exactly (tensor values, Parameter objects, hooks, attributes) if the body raises."""
     saved = []
     for module in model.modules():
+        tensors = [t for t in list(module._parameters.values()) + list(module._buffers.values()) if t is not None]
         saved.append(
             (
                 module,
                 dict(module._parameters),
                 dict(module._buffers),
                 dict(module._forward_pre_hooks),
-                set(module.__dict__),
-                {id(t): t.detach().clone() for t in list(module._parameters.values()) + list(module._buffers.values())
-                 if t is not None},
+                dict(module.__dict__),
+                {id(t): t.detach().clone() for t in tensors},
             )
         )
     try:
@@ -713,24 +679,23 @@ def _rollback_on_error(model: nn.Module) -> Iterator[None]:
     except BaseException:
         with torch.no_grad():
             for module, params, buffers, hooks, attrs, values in saved:
-                for name in set(module.__dict__) - attrs:
+                for name in set(module.__dict__) - set(attrs):
                     delattr(module, name)
-                module._parameters.clear()
-                module._parameters.update(params)
-                module._buffers.clear()
-                module._buffers.update(buffers)
-                module._forward_pre_hooks.clear()
-                module._forward_pre_hooks.update(hooks)
+                module.__dict__.update(attrs)
+                for live, old in ((module._parameters, params), (module._buffers, buffers),
+                                  (module._forward_pre_hooks, hooks)):
+                    live.clear()
+                    live.update(old)
                 for tensor in list(params.values()) + list(buffers.values()):
-                    if tensor is not None and id(tensor) in values:
+                    if tensor is not None:
                         tensor.copy_(values[id(tensor)])
         raise
 
 
 def _check_against_model(content: TicketTensors, model: nn.Module, fn: str, path: PathLike) -> None:
-    """Raise ValueError unless every stored tensor fits ``model`` by name, shape and dtype."""
+    """Raise ValueError unless ``model`` has the saved architecture and every stored tensor fits it."""
     where = f"{fn}(): path={os.fspath(path)!r}"
-    current = _canonical_tensors(model)
+    current = named_state_tensors(model, buffers=True)
     expected = content.metadata["architecture"]
     missing = sorted(set(expected) - set(current))
     unexpected = sorted(set(current) - set(expected))
@@ -748,12 +713,19 @@ def _check_against_model(content: TicketTensors, model: nn.Module, fn: str, path
             )
         raise ValueError(
             f"{where} was saved from a {content.metadata.get('model_class')} whose tensors differ from "
-            f"model={_model_class(model)} ({'; '.join(details)}); build the same architecture the ticket was found on"
+            f"model={_model_class(model)} ({'; '.join(details)}); build the architecture the ticket was found on"
         )
     for role, weights in (("mask", content.masks), ("rewind", content.rewind), ("trained", content.trained)):
         for fqn, value in weights.items():
             if fqn not in current:
-                raise ValueError(f"{where} stores {role}/{fqn} but the model has no tensor {fqn!r}")
+                raise ValueError(
+                    f"{where} stores {role}/{fqn} but the model has no tensor {fqn!r}; the file is corrupt"
+                )
+            if list(value.shape) != list(current[fqn].shape):
+                raise ValueError(
+                    f"{where} stores {role}/{fqn} with shape {tuple(value.shape)} but the model's is "
+                    f"{tuple(current[fqn].shape)}; the file is corrupt"
+                )
             if role != "mask" and value.dtype != current[fqn].dtype:
                 raise ValueError(
                     f"{where} stores {role}/{fqn} as {value.dtype} but the model holds {current[fqn].dtype}; "
@@ -761,19 +733,38 @@ def _check_against_model(content: TicketTensors, model: nn.Module, fn: str, path
                 )
 
 
-def load_ticket(path: PathLike, model: nn.Module, *, weights: str = "rewind") -> LotteryTicket:
+def load_ticket(
+    path: PathLike,
+    model: nn.Module,
+    *,
+    weights: str = "rewind",
+    optimizer: torch.optim.Optimizer | None = None,
+    scheduler: Any = None,
+    criterion: Any = None,
+    snapshot_device: str | torch.device | None = None,
+) -> LotteryTicket:
     """Load a ticket file into a freshly built model and return a LotteryTicket that can keep pruning.
 
     Everything is validated before the model is touched: the file's integrity (checksum), format version,
-    tensor names, shapes, dtypes and mask counts, and that ``model`` has the architecture the ticket was found
-    on. Then the masks are applied through ``torch.nn.utils.prune`` and the weights copied in place (Parameter
-    objects keep their identity). If anything fails, the model is left exactly as it was.
+    tensor names, shapes, dtypes and mask counts, the saved settings, and that ``model`` has the architecture
+    the ticket was found on. Then the masks are installed through ``torch.nn.utils.prune`` and the weights
+    copied in place (Parameter objects keep their identity). If anything fails, the model is left exactly as
+    it was.
+
+    With ``weights="rewind"`` the model holds the ticket's rewind point (theta_0 or theta_k; for
+    ``rewind="reinit"`` tickets, the same seeded re-initialization), so training it reproduces the ticket.
+    Tensors not in the snapshot (``restore="params"`` leaves out buffers, ``"targets"`` everything else)
+    keep the fresh model's values. A compact file holds zeros at pruned positions.
 
     Args:
-        path: a file written by :func:`save_ticket` / ``LotteryTicket.save``.
-        model: a fresh instance of the architecture the ticket was found on.
-        weights: ``"rewind"`` loads the rewind weights (training then reproduces the ticket);
-            ``"trained"`` loads the trained weights (needs a file saved with ``include_trained=True``).
+        path: a file written by :func:`save_ticket` / :meth:`LotteryTicket.save`.
+        model: a fresh (unpruned) instance of the architecture the ticket was found on, with the same dtypes.
+        weights: ``"rewind"`` loads the rewind weights; ``"trained"`` loads the trained weights (a file saved
+            with ``include_trained=True``) and keeps the rewind point for the next round.
+        optimizer, scheduler: handed to the new ticket (they are not saved in the file).
+        criterion: the scoring callable, needed when the ticket was found with a custom criterion (the file
+            stores only its name).
+        snapshot_device: overrides the saved one (a CUDA device falls back to ``"cpu"`` when CUDA is absent).
 
     Returns:
         A :class:`~torch_lottery.LotteryTicket` with the saved settings, round, history, masks and rewind
@@ -782,6 +773,7 @@ def load_ticket(path: PathLike, model: nn.Module, *, weights: str = "rewind") ->
     Raises:
         ValueError: if the file is corrupt, truncated, tampered with, of another format or version, or made
             for a different architecture; or on a bad ``weights``.
+        TypeError: if ``model`` is not an ``nn.Module``.
         OSError: if the file cannot be read.
 
     Example:
@@ -800,12 +792,52 @@ def load_ticket(path: PathLike, model: nn.Module, *, weights: str = "rewind") ->
             f"{fn}(): path={os.fspath(path)!r} has no trained weights; save with include_trained=True "
             "or load weights='rewind'"
         )
+    model = unwrap_model(model)
     _check_against_model(content, model, fn, path)
-    return _apply(content, model, weights=weights, fn=fn)
-
-
-def _apply(content: TicketTensors, model: nn.Module, *, weights: str, fn: str) -> LotteryTicket:
-    raise NotImplementedError("load_ticket(): waiting for the engine")  # replaced once the engine lands
+    meta = content.metadata
+    config = dict(meta["config"])
+    overrides: dict[str, Any] = {"optimizer": optimizer, "scheduler": scheduler}
+    if criterion is not None:
+        overrides["criterion"] = criterion
+    device = snapshot_device if snapshot_device is not None else config.get("snapshot_device", "cpu")
+    if str(device).startswith("cuda") and not torch.cuda.is_available():
+        logger.info("load_ticket(): snapshot_device %r unavailable; keeping the snapshot on the CPU", device)
+        device = "cpu"
+    overrides["snapshot_device"] = device
+    try:
+        ticket = LotteryTicket.from_config(model, config, **overrides)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(
+            f"{fn}(): path={os.fspath(path)!r} holds settings this model or library rejects ({exc}); "
+            "pass criterion= for a custom criterion, or build the architecture the ticket was found on"
+        ) from exc
+    if ticket.target_fqns != meta["targets"]:
+        raise ValueError(
+            f"{fn}(): path={os.fspath(path)!r} targets {meta['targets'][:5]!r}... but its settings select "
+            f"{ticket.target_fqns[:5]!r}... in this model; build the architecture the ticket was found on"
+        )
+    state = {
+        "config": config,
+        "round": meta["round"],
+        "history": meta["history"],
+        "masks": content.masks,
+        "rewind_weights": content.rewind,
+        "rewind_captured": meta["rewind_captured"],
+        "steps": meta["steps"],
+    }
+    values = content.rewind if weights == "rewind" else content.trained
+    with _rollback_on_error(model):
+        ticket.load_state_dict(state)
+        live = _live_tensors(ticket)
+        with torch.no_grad():
+            for fqn, value in values.items():
+                live[fqn].copy_(value)
+        if weights == "rewind" and ticket.rewind == "reinit" and ticket.round > 0:
+            ticket.rewind_()  # the same seeded re-initialization the saved round ended with
+        for target in ticket.targets:
+            ticket.backend.refresh_(target)
+    logger.info("loaded ticket from %s (round %d, sparsity %.4f)", path, ticket.round, ticket.sparsity)
+    return ticket
 
 
 def export_plain(
@@ -813,54 +845,65 @@ def export_plain(
 ) -> None:
     """Write a pruned model as an ordinary safetensors state dict: zeros baked in, original key names.
 
-    No ``*_orig`` / ``*_mask`` keys are written, so ``safetensors.torch.load_model(unpruned_model, path)``
-    loads the file into a plain instance of the same class. Tied weights are stored once, under the first
-    name in sorted order, with the other names recorded in the metadata as safetensors' ``save_model`` does.
-    The model is not modified; the write is atomic.
+    No ``*_orig`` / ``*_mask`` keys are written, so ``safetensors.torch.load_model(fresh_model, path)``
+    loads the file into an unpruned instance of the same class. Tied weights are stored once, under the first
+    of their names in sorted order, with each other name recorded in the metadata (``{name: kept name}``) as
+    safetensors' ``save_model`` does. The model is not modified; the write is atomic.
 
     Args:
-        model_or_ticket: a model pruned through ``torch.nn.utils.prune`` (or unpruned), or a LotteryTicket.
+        model_or_ticket: a model pruned through ``torch.nn.utils.prune`` (or not pruned), or a LotteryTicket.
         path: destination file.
         metadata: extra ``str -> str`` header entries.
 
     Raises:
         TypeError: if ``model_or_ticket`` is neither a module nor a ticket.
-        ValueError: if tied weights are masked differently (the plain model could not hold both).
+        ValueError: if tied weights are masked differently (a plain model holds them once).
 
     Example:
         >>> torch_lottery.export_plain(ticket, "resnet18_pruned.safetensors")  # doctest: +SKIP
         >>> safetensors.torch.load_model(torchvision.models.resnet18(), "resnet18_pruned.safetensors")  # doctest: +SKIP
     """
     fn = "export_plain"
-    model = model_or_ticket if isinstance(model_or_ticket, nn.Module) else _ticket_model(model_or_ticket, fn)
+    if isinstance(model_or_ticket, LotteryTicket):
+        model = model_or_ticket.model
+    elif isinstance(model_or_ticket, nn.Module):
+        model = unwrap_model(model_or_ticket)
+    else:
+        raise TypeError(f"{fn}(): model_or_ticket={_describe(model_or_ticket)} is neither an nn.Module nor a ticket")
     if metadata is not None and not all(isinstance(k, str) and isinstance(v, str) for k, v in metadata.items()):
         raise TypeError(f"{fn}(): metadata must map str to str; convert values with str() or json.dumps()")
-    masks = _current_masks(model)
     state = model.state_dict(keep_vars=True)
-    slots = _canonical_slots(model)
+    modules = dict(model.named_modules(remove_duplicate=False))
     plain: dict[str, Tensor] = {}
-    sources: dict[tuple[Any, ...], tuple[str, Tensor]] = {}
-    for fqn, (module, kind, key) in slots.items():
-        state_key = fqn[: len(fqn) - len(fqn.rpartition(".")[2])] + key
-        if state_key not in state:  # non-persistent buffer
+    first_of: dict[tuple[Any, ...], tuple[str, Tensor]] = {}
+    for key, tensor in state.items():
+        prefix, _, local = key.rpartition(".")
+        module = modules[prefix]
+        name = canonical_name(module, local)
+        if name is None:  # prune's *_mask buffer
             continue
-        source = state[state_key].detach()
-        value = torch.where(masks[fqn].bool(), source, torch.zeros((), dtype=source.dtype, device=source.device)) \
-            if fqn in masks else source
-        ident = (source.device, source.untyped_storage().data_ptr(), source.storage_offset(),
-                 tuple(source.shape), tuple(source.stride()), source.dtype) if source.numel() else None
-        if ident is not None and ident in sources:
-            first_fqn, first_value = sources[ident]
-            if not torch.equal(first_value, value):
+        fqn = f"{prefix}.{name}" if prefix else name
+        source = tensor.detach()
+        value = source
+        if name != local:  # *_orig: bake the mask in
+            mask = module._buffers[f"{name}_mask"]
+            value = torch.where(mask.to(torch.bool), source, torch.zeros((), dtype=source.dtype, device=source.device))
+        ident = (
+            source.device, source.untyped_storage().data_ptr(), source.storage_offset(),
+            tuple(source.shape), tuple(source.stride()), source.dtype,
+        )
+        if source.numel() and ident in first_of:
+            first_fqn, first_value = first_of[ident]
+            if not torch.equal(first_value, value.cpu()):
                 raise ValueError(
-                    f"{fn}(): tied tensors {first_fqn!r} and {fqn!r} hold different values after masking; a plain "
-                    "model stores them once, so prune tied weights with the same mask on every module"
+                    f"{fn}(): tied tensors {first_fqn!r} and {fqn!r} differ after masking; a plain model holds "
+                    "them once, so mask every place of a tied weight alike (LotteryTicket does)"
                 )
             plain[fqn] = first_value
             continue
         value = value.cpu().contiguous().clone()
-        if ident is not None:
-            sources[ident] = (fqn, value)
+        if source.numel():
+            first_of[ident] = (fqn, value)
         plain[fqn] = value
     from torch_lottery import __version__
 
