@@ -2,10 +2,20 @@
 
 from __future__ import annotations
 
+import os
+from typing import Any, Callable
+
 import numpy as np
 import pytest
+import safetensors.torch
 import torch
+import torchvision
+from torch import nn
+from torch.nn.utils import prune
 
+import torch_lottery
+from torch_lottery import LotteryTicket, export_plain, load_ticket, read_ticket_info
+from torch_lottery.targets import named_state_tensors
 from torch_lottery.ticket_file import compact_values, expand_values, pack_mask, unpack_mask
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -56,3 +66,297 @@ def test_compact_values_keeps_survivors_in_flat_order_and_expand_puts_zeros_back
 def test_expand_values_rejects_a_count_that_disagrees_with_the_mask():
     with pytest.raises(ValueError, match="mask keeps 2 entries; the stored values and the mask disagree"):
         expand_values(torch.ones(3), torch.tensor([True, False, True]))
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Models of the engine's sweep, each pruned for one round
+# ----------------------------------------------------------------------------------------------------------------
+
+
+class TinyLSTM(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.lstm = nn.LSTM(6, 12, batch_first=True)
+        self.fc = nn.Linear(12, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.lstm(x)[0][:, -1])
+
+
+class TiedLM(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.embedding = nn.Embedding(20, 8)
+        self.hidden = nn.Linear(8, 8)
+        self.decoder = nn.Linear(8, 20)
+        self.decoder.weight = self.embedding.weight
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.decoder(torch.relu(self.hidden(self.embedding(x))))
+
+
+class MLP(nn.Module):
+    def __init__(self, hidden: int = 16) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(10, hidden)
+        self.bn = nn.BatchNorm1d(hidden)
+        self.fc2 = nn.Linear(hidden, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(torch.relu(self.bn(self.fc1(x))))
+
+
+def _vgg11_bn_small_head() -> nn.Module:
+    """torchvision's vgg11_bn feature extractor with a small classifier (the 102M-weight head is only slow)."""
+    model = torchvision.models.vgg11_bn(num_classes=10)
+    model.classifier = nn.Sequential(nn.Linear(512 * 7 * 7, 32), nn.ReLU(), nn.Dropout(), nn.Linear(32, 10))
+    return model
+
+
+def _vit() -> nn.Module:
+    return torchvision.models.VisionTransformer(
+        image_size=32, patch_size=8, num_layers=2, num_heads=2, hidden_dim=16, mlp_dim=32, num_classes=5
+    )
+
+
+def _transformer() -> nn.Module:
+    return nn.Transformer(
+        d_model=16, nhead=2, num_encoder_layers=1, num_decoder_layers=1, dim_feedforward=32, dropout=0.0
+    )
+
+
+MODELS: dict[str, tuple[Callable[[], nn.Module], dict[str, Any]]] = {
+    "resnet18": (lambda: torchvision.models.resnet18(num_classes=10), {}),
+    "vgg11_bn": (_vgg11_bn_small_head, {}),
+    "mobilenet_v3_small": (lambda: torchvision.models.mobilenet_v3_small(num_classes=10), {}),
+    "vit": (_vit, {}),
+    "transformer": (_transformer, {}),
+    "lstm": (TinyLSTM, {"targets": ["lstm.weight_ih_l0", "lstm.weight_hh_l0", "fc.weight"]}),
+    "tied": (TiedLM, {"targets": ["decoder.weight", "hidden.weight"]}),
+}
+
+
+def _train_a_little(model: nn.Module, seed: int) -> None:
+    """Stand-in for training: move every float tensor by a seeded amount (what the ticket sees is the same)."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        buffers = [b for n, b in model.named_buffers() if b.is_floating_point() and not n.endswith("_mask")]
+        for tensor in list(model.parameters()) + buffers:
+            tensor.add_(torch.randn(tensor.shape, generator=generator) * 0.01)
+
+
+def _pruned(name: str, *, rounds: int = 2, **overrides: Any) -> LotteryTicket:
+    factory, kwargs = MODELS[name]
+    torch.manual_seed(0)
+    ticket = LotteryTicket(factory(), **{"rate": 0.5, "rounds": rounds + 1, **kwargs, **overrides})
+    for r in range(rounds):
+        with ticket:
+            _train_a_little(ticket.model, seed=r)
+    return ticket
+
+
+_CACHE: dict[str, LotteryTicket] = {}
+
+
+def _source(name: str) -> LotteryTicket:
+    if name not in _CACHE:
+        _CACHE[name] = _pruned(name)
+    return _CACHE[name]
+
+
+def _fresh(name: str, seed: int = 123) -> nn.Module:
+    torch.manual_seed(seed)
+    return MODELS[name][0]()
+
+
+def _state(model: nn.Module) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """Every parameter and buffer: (the object itself, a copy of its value), by state_dict key."""
+    return {k: (v, v.detach().clone()) for k, v in model.state_dict(keep_vars=True).items()}
+
+
+def _assert_unchanged(model: nn.Module, before: dict[str, tuple[torch.Tensor, torch.Tensor]]) -> None:
+    after = model.state_dict(keep_vars=True)
+    assert list(after) == list(before)
+    for key, (obj, value) in before.items():
+        assert after[key] is obj, key
+        assert torch.equal(after[key].detach(), value), key
+    assert not prune.is_pruned(model) or any(k.endswith("_mask") for k in before)
+
+
+def _effective(model: nn.Module) -> dict[str, torch.Tensor]:
+    """Canonical name -> the value the forward uses (masks applied)."""
+    out = {}
+    state = model.state_dict()
+    for key, value in state.items():
+        if key.endswith("_mask"):
+            continue
+        if key.endswith("_orig") and key[:-5] + "_mask" in state:
+            out[key[:-5]] = value * state[key[:-5] + "_mask"]
+        else:
+            out[key] = value.clone()
+    return out
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Round trips
+# ----------------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("encoding", ["compact", "dense"])
+@pytest.mark.parametrize("name", list(MODELS))
+def test_round_trip_into_a_fresh_model_is_bitwise_exact(name, encoding, tmp_path):
+    source = _source(name)
+    path = tmp_path / "ticket.safetensors"
+    source.save(path, encoding=encoding)
+    model = _fresh(name)
+    ticket = load_ticket(path, model)
+
+    assert ticket.model is model and prune.is_pruned(model)
+    assert ticket.target_fqns == source.target_fqns
+    assert ticket.round == source.round == 2 and ticket.history == source.history
+    assert ticket.config() == source.config()
+    for fqn, mask in source.masks.items():
+        assert torch.equal(ticket.masks[fqn], mask), fqn
+    assert set(ticket.rewind_weights) == set(source.rewind_weights)
+    masks = source.masks
+    for fqn, original in source.rewind_weights.items():
+        loaded = ticket.rewind_weights[fqn]
+        expected = torch.where(masks[fqn], original, 0) if encoding == "compact" and fqn in masks else original
+        assert loaded.dtype == original.dtype and torch.equal(loaded, expected), fqn
+    live = named_state_tensors(model)
+    for target in ticket.targets:
+        live[target.fqn] = ticket.backend.parameter(target)
+    for fqn, value in ticket.rewind_weights.items():
+        assert torch.equal(live[fqn].detach(), value), fqn
+    source_effective, loaded_effective = _effective(source.model), _effective(model)
+    assert source_effective.keys() == loaded_effective.keys()
+    for key, value in source_effective.items():
+        assert torch.equal(loaded_effective[key], value), key
+
+
+def test_loaded_ticket_runs_the_next_round_exactly_like_the_original(tmp_path):
+    source = _pruned("mobilenet_v3_small", rounds=1)
+    source.save(tmp_path / "t.safetensors")
+    ticket = load_ticket(tmp_path / "t.safetensors", _fresh("mobilenet_v3_small"))
+    for t in (source, ticket):
+        with t:
+            _train_a_little(t.model, seed=7)
+    assert ticket.round == source.round == 2
+    assert ticket.history == source.history
+    for fqn, mask in source.masks.items():
+        assert torch.equal(ticket.masks[fqn], mask)
+    for key, value in _effective(source.model).items():
+        assert torch.equal(_effective(ticket.model)[key], value), key
+
+
+def test_reinit_ticket_loads_the_same_seeded_reinitialization(tmp_path):
+    source = _pruned("lstm", rounds=1, rewind="reinit")
+    source.save(tmp_path / "t.safetensors")
+    model = _fresh("lstm")
+    load_ticket(tmp_path / "t.safetensors", model)
+    for key, value in _effective(source.model).items():
+        assert torch.equal(_effective(model)[key], value), key
+
+
+@pytest.mark.parametrize("encoding", ["compact", "dense"])
+def test_include_trained_stores_the_current_weights_and_weights_trained_loads_them(encoding, tmp_path):
+    source = _pruned("lstm", rounds=1)
+    with source:
+        _train_a_little(source.model, seed=5)
+        source.save(tmp_path / "t.safetensors", encoding=encoding, include_trained=True)
+        trained = _effective(source.model)
+        masks, rewind = source.masks, source.rewind_weights
+    model = _fresh("lstm")
+    ticket = load_ticket(tmp_path / "t.safetensors", model, weights="trained")
+    for key, value in trained.items():
+        assert torch.equal(_effective(model)[key], value), key
+    for fqn, value in rewind.items():  # the rewind point is kept for the next round
+        expected = torch.where(masks[fqn], value, 0) if encoding == "compact" and fqn in masks else value
+        assert torch.equal(ticket.rewind_weights[fqn], expected)
+
+
+def test_weights_trained_needs_a_file_saved_with_include_trained(tmp_path):
+    _source("lstm").save(tmp_path / "t.safetensors")
+    model = _fresh("lstm")
+    before = _state(model)
+    with pytest.raises(ValueError, match=r"load_ticket\(\): path=.* has no trained weights; save with include_trained"):
+        load_ticket(tmp_path / "t.safetensors", model, weights="trained")
+    _assert_unchanged(model, before)
+
+
+def test_ticket_saved_before_its_first_round_loads_with_full_masks_and_no_snapshot(tmp_path):
+    ticket = LotteryTicket(MLP(), sparsity=0.5)
+    ticket.save(tmp_path / "t.safetensors")
+    loaded = load_ticket(tmp_path / "t.safetensors", MLP())
+    assert loaded.round == 0 and loaded.rewind_weights == {}
+    assert all(bool(m.all()) for m in loaded.masks.values())
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Layout, sizes and metadata
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def _one_layer_ticket(sparsity: float) -> LotteryTicket:
+    torch.manual_seed(0)
+    ticket = LotteryTicket(nn.Sequential(nn.Linear(100, 100)), sparsity=sparsity)
+    with ticket:
+        pass
+    return ticket
+
+
+def test_compact_file_stores_one_bit_per_weight_and_only_survivors(tmp_path):
+    ticket = _one_layer_ticket(0.9)
+    ticket.save(tmp_path / "c.safetensors", encoding="compact")
+    ticket.save(tmp_path / "d.safetensors", encoding="dense")
+    compact = read_ticket_info(tmp_path / "c.safetensors")["tensor_bytes"]
+    dense = read_ticket_info(tmp_path / "d.safetensors")["tensor_bytes"]
+    # 10,000 mask bits = 1,250 bytes; 1,000 surviving fp32 weights = 4,000 bytes plus the dense 100-float bias
+    assert compact == {"mask": 1250, "rewind": 4000 + 400, "trained": 0}
+    # a bool per weight; every weight and the bias in fp32
+    assert dense == {"mask": 10_000, "rewind": 40_000 + 400, "trained": 0}
+
+
+def test_compact_file_shrinks_with_sparsity(tmp_path):
+    sizes = []
+    for sparsity in (0.5, 0.8, 0.95):
+        _one_layer_ticket(sparsity).save(tmp_path / f"{sparsity}.safetensors")
+        sizes.append(os.path.getsize(tmp_path / f"{sparsity}.safetensors"))
+    assert sizes[0] > sizes[1] > sizes[2]
+
+
+def test_dense_file_is_plain_safetensors_with_bool_masks_and_full_weights(tmp_path):
+    ticket = _one_layer_ticket(0.9)
+    ticket.save(tmp_path / "d.safetensors", encoding="dense")
+    tensors = safetensors.torch.load_file(tmp_path / "d.safetensors")
+    assert sorted(tensors) == ["mask/0.weight", "rewind/0.bias", "rewind/0.weight"]
+    assert tensors["mask/0.weight"].dtype == torch.bool
+    assert torch.equal(tensors["mask/0.weight"], ticket.masks["0.weight"])
+    assert torch.equal(tensors["rewind/0.weight"], ticket.rewind_weights["0.weight"])
+
+
+def test_read_ticket_info_reports_settings_history_and_per_tensor_sparsity(tmp_path):
+    ticket = _pruned("lstm", rounds=2)
+    ticket.save(tmp_path / "t.safetensors", metadata={"note": "hello"})
+    info = read_ticket_info(tmp_path / "t.safetensors")
+    assert info["format"] == "torch_lottery.ticket" and info["format_version"] == "1"
+    assert info["encoding"] == "compact" and info["include_trained"] is False
+    assert info["torch_version"] == torch.__version__ and info["torch_lottery_version"] == torch_lottery.__version__
+    assert info["model_class"] == f"{__name__}.TinyLSTM"
+    assert info["round"] == 2 and info["history"] == ticket.history
+    assert info["scope"] == "global" and info["rewind"] == "init" and info["seed"] == 0
+    assert info["config"] == ticket.config() and info["targets"] == ticket.target_fqns
+    assert info["summary"] == ticket.summary()
+    assert info["sparsity"] == pytest.approx(ticket.sparsity)
+    # rate 0.5 twice over 48*6 + 48*12 + 3*12 = 900 weights: 450 then 225 remain
+    assert sum(row["remaining"] for row in info["summary"]) == 225
+    assert info["note"] == "hello"
+
+
+def test_save_rejects_reserved_metadata_keys_and_unknown_encodings(tmp_path):
+    ticket = _one_layer_ticket(0.5)
+    with pytest.raises(ValueError, match=r"save_ticket\(\): metadata keys \['round'\] are reserved"):
+        ticket.save(tmp_path / "t.safetensors", metadata={"round": "9"})
+    with pytest.raises(ValueError, match=r"save_ticket\(\): encoding='sparse' is not supported"):
+        ticket.save(tmp_path / "t.safetensors", encoding="sparse")
+    assert not (tmp_path / "t.safetensors").exists()

@@ -125,12 +125,12 @@ def unpack_mask(packed: Tensor, shape: tuple[int, ...] | torch.Size) -> Tensor:
             f"unpack_mask(): packed has {packed.numel()} bytes but shape={tuple(shape)!r} needs {expected}; "
             "pass the shape the mask was packed with"
         )
-    bits = (packed.reshape(-1, 1) & _BIT_WEIGHTS).ne(0).reshape(-1)
+    bits = (packed.reshape(-1, 1) & _BIT_WEIGHTS).ne_(0).view(torch.bool).reshape(-1)
     if bits[numel:].any():
         raise ValueError(
             f"unpack_mask(): packed has padding bits set beyond the {numel} mask entries; the data is corrupt"
         )
-    return bits[:numel].reshape(tuple(shape)).clone()
+    return bits[:numel].reshape(tuple(shape))
 
 
 def compact_values(values: Tensor, mask: Tensor) -> Tensor:
@@ -144,7 +144,7 @@ def compact_values(values: Tensor, mask: Tensor) -> Tensor:
             f"compact_values(): values has shape {tuple(values.shape)} but mask has {tuple(mask.shape)}; "
             "they must match"
         )
-    return values.detach().reshape(-1).cpu()[mask.detach().reshape(-1).cpu()].clone()
+    return values.detach().cpu().masked_select(mask.detach().cpu())
 
 
 def expand_values(compact: Tensor, mask: Tensor) -> Tensor:
@@ -153,15 +153,14 @@ def expand_values(compact: Tensor, mask: Tensor) -> Tensor:
     Raises:
         ValueError: if ``compact`` is not 1-D or its length differs from the mask's count of survivors.
     """
-    survivors = int(mask.sum())
+    survivors = int(torch.count_nonzero(mask))
     if compact.dim() != 1 or compact.numel() != survivors:
         raise ValueError(
             f"expand_values(): compact has shape {tuple(compact.shape)} but the mask keeps {survivors} entries; "
             "the stored values and the mask disagree"
         )
-    dense = torch.zeros(mask.numel(), dtype=compact.dtype)
-    dense[mask.reshape(-1).cpu()] = compact
-    return dense.reshape(mask.shape)
+    dense = torch.zeros(mask.shape, dtype=compact.dtype)
+    return dense.masked_scatter_(mask.cpu(), compact)
 
 
 @dataclass
@@ -463,7 +462,7 @@ def _decode_tensors(
                         "the file is corrupt"
                     )
                 if compact:
-                    survivors = int(mask.sum())
+                    survivors = int(torch.count_nonzero(mask))
                     if stored.dim() != 1 or stored.numel() != survivors:
                         raise ValueError(
                             f"{where} has {stored.numel()} stored values for {key!r} but its mask keeps "
