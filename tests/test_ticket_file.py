@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import os
+import signal
+import subprocess
+import sys
+import textwrap
 from typing import Any, Callable
 
 import numpy as np
 import pytest
+import safetensors
 import safetensors.torch
 import torch
 import torchvision
@@ -15,6 +20,7 @@ from torch.nn.utils import prune
 
 import torch_lottery
 from torch_lottery import LotteryTicket, export_plain, load_ticket, read_ticket_info
+from torch_lottery import ticket_file
 from torch_lottery.targets import named_state_tensors
 from torch_lottery.ticket_file import compact_values, expand_values, pack_mask, unpack_mask
 
@@ -360,3 +366,260 @@ def test_save_rejects_reserved_metadata_keys_and_unknown_encodings(tmp_path):
     with pytest.raises(ValueError, match=r"save_ticket\(\): encoding='sparse' is not supported"):
         ticket.save(tmp_path / "t.safetensors", encoding="sparse")
     assert not (tmp_path / "t.safetensors").exists()
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Bad files: a clear ValueError, and the model exactly as it was
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def _mlp_ticket_file(path, *, encoding: str = "compact") -> LotteryTicket:
+    torch.manual_seed(0)
+    ticket = LotteryTicket(MLP(), rate=0.5, rounds=3)
+    with ticket:
+        _train_a_little(ticket.model, seed=0)
+    ticket.save(path, encoding=encoding)
+    return ticket
+
+
+def _rewrite(path, *, tensors=None, metadata=None) -> None:
+    """Edit a ticket file's tensors and metadata and sign it again (a consistent, deliberate tampering)."""
+    with safetensors.safe_open(str(path), "pt") as handle:
+        old_meta = handle.metadata()
+    old_tensors = safetensors.torch.load_file(str(path))
+    new_tensors = tensors(old_tensors) if tensors else old_tensors
+    new_meta = metadata(dict(old_meta)) if metadata else dict(old_meta)
+    new_meta["checksum"] = ticket_file._checksum(new_tensors, new_meta)
+    safetensors.torch.save_file(new_tensors, str(path), metadata=new_meta)
+
+
+def _load_fails(path, model: nn.Module, match: str) -> None:
+    before = _state(model)
+    with pytest.raises(ValueError, match=match):
+        load_ticket(path, model)
+    _assert_unchanged(model, before)
+    assert not prune.is_pruned(model)
+
+
+@pytest.mark.parametrize("keep", [0, 7, 8, 100, "half", -1])
+def test_truncated_file_is_rejected_and_model_untouched(keep, tmp_path):
+    path = tmp_path / "t.safetensors"
+    _mlp_ticket_file(path)
+    data = path.read_bytes()
+    keep = {"half": len(data) // 2, -1: len(data) - 1}.get(keep, keep)
+    path.write_bytes(data[:keep])
+    _load_fails(path, MLP(), r"load_ticket\(\): path=.*(too short|does not fit|not a valid safetensors|truncated)")
+
+
+def test_flipped_data_byte_fails_the_checksum(tmp_path):
+    path = tmp_path / "t.safetensors"
+    _mlp_ticket_file(path)
+    data = bytearray(path.read_bytes())
+    data[-3] ^= 0x01
+    path.write_bytes(bytes(data))
+    _load_fails(path, MLP(), r"fails its checksum .*corrupted or modified after saving")
+
+
+def test_edited_metadata_without_resigning_fails_the_checksum(tmp_path):
+    path = tmp_path / "t.safetensors"
+    _mlp_ticket_file(path)
+    with safetensors.safe_open(str(path), "pt") as handle:
+        meta = handle.metadata()
+    meta["round"] = "7"
+    safetensors.torch.save_file(safetensors.torch.load_file(str(path)), str(path), metadata=meta)
+    _load_fails(path, MLP(), "fails its checksum")
+
+
+@pytest.mark.parametrize("encoding", ["compact", "dense"])
+def test_mask_whose_count_disagrees_with_stored_values_is_rejected(encoding, tmp_path):
+    path = tmp_path / "t.safetensors"
+    kept = int(_mlp_ticket_file(path, encoding=encoding).masks["fc1.weight"].sum())
+
+    def flip_one_pruned_bit(tensors):
+        if encoding == "compact":
+            mask = unpack_mask(tensors["mask/fc1.weight"], (16, 10))
+        else:
+            mask = tensors["mask/fc1.weight"].clone()
+        mask.view(-1)[int((~mask).reshape(-1).nonzero()[0])] = True
+        tensors["mask/fc1.weight"] = pack_mask(mask) if encoding == "compact" else mask
+        return tensors
+
+    _rewrite(path, tensors=flip_one_pruned_bit)
+    if encoding == "compact":
+        _load_fails(path, MLP(), rf"has {kept} stored values for 'rewind/fc1.weight' but its mask keeps {kept + 1}; the")
+    else:  # dense values are all there: a consistently edited dense mask is a different, valid ticket
+        assert int(load_ticket(path, MLP()).masks["fc1.weight"].sum()) == kept + 1
+
+
+def test_missing_and_unexpected_tensors_are_rejected(tmp_path):
+    path = tmp_path / "t.safetensors"
+    _mlp_ticket_file(path)
+    _rewrite(path, tensors=lambda t: {**{k: v for k, v in t.items() if k != "rewind/bn.bias"}, "extra": torch.ones(1)})
+    _load_fails(path, MLP(), r"missing tensors \['rewind/bn.bias'\] and unexpected tensors \['extra'\]")
+
+
+def test_misshaped_dense_mask_is_rejected(tmp_path):
+    path = tmp_path / "t.safetensors"
+    _mlp_ticket_file(path, encoding="dense")
+    _rewrite(path, tensors=lambda t: {**t, "mask/fc1.weight": t["mask/fc1.weight"].reshape(10, 16).clone()})
+    _load_fails(path, MLP(), r"mask 'mask/fc1.weight' of dtype torch.bool and shape \(10, 16\), expected torch.bool and \(16, 10\)")
+
+
+def test_newer_format_version_asks_for_an_upgrade(tmp_path):
+    path = tmp_path / "t.safetensors"
+    _mlp_ticket_file(path)
+    _rewrite(path, metadata=lambda m: {**m, "format_version": "2"})
+    _load_fails(path, MLP(), r"format_version='2', this torch_lottery reads 1; upgrade torch_lottery")
+
+
+def test_plain_safetensors_file_is_not_taken_for_a_ticket(tmp_path):
+    export_plain(MLP(), tmp_path / "plain.safetensors")
+    _load_fails(tmp_path / "plain.safetensors", MLP(), r"is not a torch_lottery ticket file \(format='pt'.*load_model")
+
+
+@pytest.mark.parametrize("content", [b"", b"not a safetensors file at all", b"PK\x03\x04" + bytes(100), b"\x08" + bytes(7) + b"[1,2,3]!"])
+def test_files_of_other_formats_are_rejected(content, tmp_path):
+    path = tmp_path / "other.bin"
+    path.write_bytes(content)
+    _load_fails(path, MLP(), r"load_ticket\(\): path=")
+
+
+def test_ticket_for_a_different_architecture_is_rejected(tmp_path):
+    path = tmp_path / "t.safetensors"
+    _mlp_ticket_file(path)
+    _load_fails(path, MLP(hidden=32), r"whose tensors differ from model=.*MLP \(different shapes: bn.bias \(32,\) vs \(16,\)")
+    _load_fails(path, TinyLSTM(), r"whose tensors differ from model=.*TinyLSTM \(missing from the model")
+
+
+def test_resnet18_ticket_is_rejected_by_resnet34(tmp_path):
+    source = _source("resnet18")
+    source.save(tmp_path / "t.safetensors")
+    _load_fails(tmp_path / "t.safetensors", torchvision.models.resnet34(num_classes=10), r"not in the ticket: \['layer1.2")
+
+
+def test_model_of_another_dtype_is_rejected(tmp_path):
+    path = tmp_path / "t.safetensors"
+    _mlp_ticket_file(path)
+    _load_fails(path, MLP().double(), r"as torch.float32 but the model holds torch.float64; convert the model")
+
+
+def test_rollback_restores_parameters_hooks_and_values_after_a_failed_mutation():
+    model = MLP()
+    before = _state(model)
+    params_before = list(model.parameters())
+    with pytest.raises(RuntimeError, match="boom"):
+        with ticket_file._rollback_on_error(model):
+            prune.custom_from_mask(model.fc1, "weight", torch.rand(16, 10) > 0.5)
+            with torch.no_grad():
+                model.fc2.weight.mul_(3)
+                model.bn.running_mean.add_(1)
+            raise RuntimeError("boom")
+    _assert_unchanged(model, before)
+    assert not prune.is_pruned(model) and "weight" not in model.fc1.__dict__
+    assert all(a is b for a, b in zip(model.parameters(), params_before))
+    model(torch.randn(3, 10))  # still runs
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Atomic writes
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def test_failed_write_keeps_the_previous_file_and_leaves_no_temporary(tmp_path, monkeypatch):
+    path = tmp_path / "t.safetensors"
+    ticket = _mlp_ticket_file(path)
+    previous = path.read_bytes()
+
+    def disk_full(*args: Any, **kwargs: Any) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "replace", disk_full)
+    with pytest.raises(OSError, match="No space left"):
+        ticket.save(path, encoding="dense")
+    assert path.read_bytes() == previous
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["t.safetensors"]
+
+
+@pytest.mark.parametrize("crash_in", ["fsync", "replace"])
+def test_crash_mid_write_keeps_the_previous_file_loadable(crash_in, tmp_path):
+    path = tmp_path / "t.safetensors"
+    _mlp_ticket_file(path)
+    previous = path.read_bytes()
+    script = textwrap.dedent(
+        f"""
+        import os, signal, sys, torch
+        sys.path.insert(0, {os.path.dirname(__file__)!r})
+        from test_ticket_file import MLP
+        from torch_lottery import LotteryTicket
+        ticket = LotteryTicket(MLP(), sparsity=0.9)
+        with ticket:
+            pass
+        os.{crash_in} = lambda *a, **k: os.kill(os.getpid(), signal.SIGKILL)
+        ticket.save({str(path)!r}, encoding="dense")
+        """
+    )
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = {**os.environ, "PYTHONPATH": root + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    proc = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, timeout=120)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr.decode()[-2000:]
+    assert path.read_bytes() == previous
+    assert load_ticket(path, MLP()).round == 1
+
+
+def test_save_into_a_missing_directory_raises_and_creates_nothing(tmp_path):
+    ticket = _one_layer_ticket(0.5)
+    with pytest.raises(FileNotFoundError):
+        ticket.save(tmp_path / "no" / "such" / "dir.safetensors")
+    assert list(tmp_path.iterdir()) == []
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Plain export
+# ----------------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", list(MODELS))
+def test_plain_export_loads_into_an_unpruned_model_with_zeros_baked_in(name, tmp_path):
+    source = _source(name)
+    path = tmp_path / "plain.safetensors"
+    export_plain(source, path)
+    stored = safetensors.torch.load_file(str(path))
+    assert not any(k.endswith(("_orig", "_mask")) for k in stored)
+    model = _fresh(name)
+    missing, unexpected = safetensors.torch.load_model(model, str(path))
+    assert not missing and not unexpected
+    assert not prune.is_pruned(model)
+    plain = model.state_dict()
+    for key, value in _effective(source.model).items():
+        assert torch.equal(plain[key], value), key
+    for fqn, mask in source.masks.items():
+        assert int(torch.count_nonzero(plain[fqn])) <= int(mask.sum())
+
+
+def test_plain_export_stores_tied_weights_once_like_safetensors_save_model(tmp_path):
+    source = _source("tied")
+    export_plain(source, tmp_path / "plain.safetensors")
+    with safetensors.safe_open(str(tmp_path / "plain.safetensors"), "pt") as handle:
+        keys, meta = set(handle.keys()), handle.metadata()
+    # kept under the first name in sorted order, the other recorded in the metadata, as save_model does
+    assert "embedding.weight" not in keys and "decoder.weight" in keys
+    assert meta["embedding.weight"] == "decoder.weight"
+    model = TiedLM()
+    safetensors.torch.load_model(model, str(tmp_path / "plain.safetensors"))
+    assert model.decoder.weight is model.embedding.weight
+    assert torch.equal(model.decoder.weight, _effective(source.model)["decoder.weight"])
+
+
+def test_plain_export_leaves_the_model_as_it_was(tmp_path):
+    source = _pruned("lstm", rounds=1)
+    before = _state(source.model)
+    export_plain(source.model, tmp_path / "plain.safetensors")
+    _assert_unchanged(source.model, before)
+
+
+def test_plain_export_refuses_tied_weights_masked_differently(tmp_path):
+    model = TiedLM()
+    prune.custom_from_mask(model.decoder, "weight", torch.rand(20, 8) > 0.5)
+    with pytest.raises(ValueError, match=r"export_plain\(\): tied tensors 'embedding.weight' and 'decoder.weight' differ after masking"):
+        export_plain(model, tmp_path / "plain.safetensors")
+    assert not (tmp_path / "plain.safetensors").exists()
