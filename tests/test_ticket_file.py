@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -11,6 +12,8 @@ from typing import Any, Callable
 
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 import safetensors
 import safetensors.torch
 import torch
@@ -623,3 +626,118 @@ def test_plain_export_refuses_tied_weights_masked_differently(tmp_path):
     with pytest.raises(ValueError, match=r"export_plain\(\): tied tensors 'embedding.weight' and 'decoder.weight' differ after masking"):
         export_plain(model, tmp_path / "plain.safetensors")
     assert not (tmp_path / "plain.safetensors").exists()
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Fuzzing the loader: mutated files give a ValueError and leave the model alone, or load consistently
+# ----------------------------------------------------------------------------------------------------------------
+
+FUZZ = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+
+
+@pytest.fixture(scope="module")
+def base_ticket_file(tmp_path_factory):
+    path = tmp_path_factory.mktemp("fuzz") / "base.safetensors"
+    _mlp_ticket_file(path)
+    return path.read_bytes()
+
+
+def _load_or_clean_error(path) -> None:
+    model = MLP()
+    before = _state(model)
+    try:
+        ticket = load_ticket(path, model)
+    except ValueError:
+        _assert_unchanged(model, before)
+        assert not prune.is_pruned(model)
+    else:
+        assert ticket.model is model
+        for target in ticket.targets:
+            assert ticket.masks[target.fqn].shape == target.shape
+
+
+@FUZZ
+@given(data=st.data())
+def test_fuzzed_bytes_never_crash_or_half_load(data, base_ticket_file, tmp_path):
+    raw = bytearray(base_ticket_file)
+    header_end = 8 + int.from_bytes(raw[:8], "little")
+    for _ in range(data.draw(st.integers(1, 4), label="mutations")):
+        in_header = data.draw(st.booleans(), label="in header")
+        pos = data.draw(st.integers(0, header_end - 1) if in_header else st.integers(0, len(raw) - 1), label="pos")
+        raw[pos] = data.draw(st.integers(0, 255), label="byte")
+    if data.draw(st.booleans(), label="truncate"):
+        raw = raw[: data.draw(st.integers(0, len(raw)), label="keep")]
+    path = tmp_path / "fuzzed.safetensors"
+    path.write_bytes(bytes(raw))
+    _load_or_clean_error(path)
+
+
+_JSONISH = st.one_of(
+    st.text(max_size=20),
+    st.integers(-(2**40), 2**40).map(str),
+    st.sampled_from(["[]", "{}", "null", "true", "-1", "1e309", "[-3]", '{"a": [1, 2]}', '["fc1.weight"]', "[[16, 10]]"]),
+)
+
+
+@FUZZ
+@given(data=st.data())
+def test_consistently_tampered_files_give_value_errors_only(data, base_ticket_file, tmp_path):
+    path = tmp_path / "tampered.safetensors"
+    path.write_bytes(base_ticket_file)
+    with safetensors.safe_open(str(path), "pt") as handle:
+        meta_keys = sorted(handle.metadata())
+    tensor_keys = sorted(safetensors.torch.load_file(str(path)))
+
+    def edit_meta(meta):
+        for _ in range(data.draw(st.integers(0, 2), label="metadata edits")):
+            key = data.draw(st.sampled_from(meta_keys), label="meta key")
+            if data.draw(st.booleans(), label="drop"):
+                meta.pop(key, None)
+            elif key in meta and meta[key][:1] in "[{" and data.draw(st.booleans(), label="json edit"):
+                value = json.loads(meta[key])
+                meta[key] = json.dumps(_perturb(value, data))
+            else:
+                meta[key] = data.draw(_JSONISH, label="value")
+        return meta
+
+    def edit_tensors(tensors):
+        for _ in range(data.draw(st.integers(0, 2), label="tensor edits")):
+            key = data.draw(st.sampled_from(tensor_keys), label="tensor key")
+            if key not in tensors:
+                continue
+            action = data.draw(st.sampled_from(["drop", "reshape", "retype", "flip", "extend"]), label="action")
+            value = tensors[key]
+            if action == "drop":
+                del tensors[key]
+            elif action == "reshape" and value.numel() > 1:
+                tensors[key] = value.reshape(-1)[1:].clone()
+            elif action == "retype":
+                tensors[key] = value.to(data.draw(st.sampled_from([torch.float64, torch.uint8, torch.bool, torch.int64])))
+            elif action == "flip" and value.numel():
+                flat = value.clone().reshape(-1)
+                i = data.draw(st.integers(0, flat.numel() - 1), label="index")
+                flat[i] = ~flat[i] if flat.dtype == torch.bool else flat[i] + 1
+                tensors[key] = flat.reshape(value.shape)
+            elif action == "extend":
+                tensors[key] = torch.cat([value.reshape(-1), value.reshape(-1)[:1]])
+        return tensors
+
+    _rewrite(path, tensors=edit_tensors, metadata=edit_meta)
+    _load_or_clean_error(path)
+
+
+def _perturb(value: Any, data: Any) -> Any:
+    """Change one leaf of a JSON value (a number, string or list entry), recursively."""
+    if isinstance(value, dict) and value:
+        key = data.draw(st.sampled_from(sorted(value)), label="json key")
+        return {**value, key: _perturb(value[key], data)}
+    if isinstance(value, list) and value:
+        i = data.draw(st.integers(0, len(value) - 1), label="json index")
+        return value[:i] + [_perturb(value[i], data)] + value[i + 1 :]
+    if isinstance(value, bool):
+        return not value
+    if isinstance(value, (int, float)):
+        return data.draw(st.sampled_from([value + 1, -1, 0, 1e9, 0.5, None, "x"]), label="number")
+    if isinstance(value, str):
+        return data.draw(st.sampled_from([value + "x", "", "*", "fc1.weight", None, 3]), label="string")
+    return data.draw(st.sampled_from([None, 1, "x", [], {}]), label="other")
