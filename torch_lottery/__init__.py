@@ -5,6 +5,7 @@ and torch-pruning are optional extras imported where used.
 """
 
 from .backends import MaskBackend, PruneBackend
+from .analysis import mask_distance, mask_overlap
 from .controls import fresh_init, random_masks_like
 from .lottery import LotteryTicket, per_round_rate
 from .scoring import CRITERIA
@@ -23,6 +24,8 @@ __all__ = [
     "__version__",
     "export_plain",
     "find_targets",
+    "mask_distance",
+    "mask_overlap",
     "fresh_init",
     "load_ticket",
     "per_round_rate",

@@ -77,6 +77,7 @@ class PruneBackend(MaskBackend):
     def __init__(self, model: nn.Module) -> None:
         super().__init__(model)
         self._reader_hooks: dict[int, tuple[torch.utils.hooks.RemovableHandle, list[Target]]] = {}
+        self._param_order: dict[int, list[str]] = {}  # key order before the first mask, for unapply_
 
     def _hook(self, module: nn.Module, name: str) -> prune.BasePruningMethod | None:
         for hook in module._forward_pre_hooks.values():
@@ -89,6 +90,18 @@ class PruneBackend(MaskBackend):
 
     def apply_(self, target: Target, mask: Tensor) -> None:
         owner = get_place(self.model, target.module_name)
+        for module_name, _name in target.places():
+            module = get_place(self.model, module_name)
+            self._param_order.setdefault(id(module), list(module._parameters))
+        was_masked = self._hook(owner, target.name) is not None
+        try:
+            self._apply(owner, target, mask)
+        except BaseException:
+            if not was_masked:
+                self.unapply_(target)  # also puts the parameter back in its place
+            raise
+
+    def _apply(self, owner: nn.Module, target: Target, mask: Tensor) -> None:
         if self._hook(owner, target.name) is not None:
             with torch.no_grad():
                 getattr(owner, target.name + "_mask").copy_(mask)
@@ -108,6 +121,7 @@ class PruneBackend(MaskBackend):
             module = get_place(self.model, module_name)
             hook = self._hook(module, name)
             if hook is None:
+                self._restore_order(module)
                 continue
             for key, value in list(module._forward_pre_hooks.items()):
                 if value is hook:
@@ -117,7 +131,13 @@ class PruneBackend(MaskBackend):
             orig = module._parameters.pop(name + "_orig")
             del module._buffers[name + "_mask"]
             module.register_parameter(name, orig)
+            self._restore_order(module)
         self._unwatch_readers(target)
+
+    def _restore_order(self, module: nn.Module) -> None:
+        order = self._param_order.get(id(module))
+        if order is not None and set(order) == set(module._parameters):
+            module._parameters = {k: module._parameters[k] for k in order}
 
     def mask(self, target: Target) -> Tensor:
         owner = get_place(self.model, target.module_name)

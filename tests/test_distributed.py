@@ -1,0 +1,25 @@
+"""Real torchrun processes: every rank ends an IMP round with rank 0's masks."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+
+
+def test_masks_are_identical_on_every_rank_under_ddp(tmp_path: Path) -> None:
+    worker = Path(__file__).parent / "workers" / "ddp_worker.py"
+    root = str(Path(__file__).resolve().parents[1])
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join([root, os.environ.get("PYTHONPATH", "")])}
+    out = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2", str(worker), str(tmp_path)],
+        capture_output=True, text=True, timeout=300, env=env,
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    m0 = torch.load(tmp_path / "masks_0.pt")
+    m1 = torch.load(tmp_path / "masks_1.pt")
+    assert list(m0) == ["0.weight", "2.weight"]
+    for k in m0:
+        assert torch.equal(m0[k], m1[k])
+    assert sum(int(m.sum()) for m in m0.values()) == 640 - 320 - 160
