@@ -116,8 +116,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--sparsities", type=float, nargs="+", default=[0.5, 0.8, 0.9, 0.95, 0.99])
     parser.add_argument("--json", help="also write the raw results to this JSON file")
+    parser.add_argument(
+        "--threads", type=int, default=1,
+        help="torch intra-op threads (default 1: on a busy machine more threads mostly measure contention)",
+    )
     args = parser.parse_args(argv)
-    torch.set_num_threads(max(1, torch.get_num_threads()))
+    torch.set_num_threads(args.threads)
     if args.smoke:
         factory: Callable[[], nn.Module] = lambda: nn.Sequential(nn.Linear(64, 128), nn.ReLU(), nn.Linear(128, 10))
         title, sparsities, repeats = "smoke (a 64-128-10 MLP)", [0.5, 0.9], 1
@@ -125,7 +129,7 @@ def main(argv: list[str] | None = None) -> int:
         import torchvision
 
         factory = torchvision.models.resnet18
-        title, sparsities, repeats = "torchvision resnet18", args.sparsities, args.repeats
+        title, sparsities, repeats = f"torchvision resnet18, {args.threads} torch thread(s)", args.sparsities, args.repeats
     with tempfile.TemporaryDirectory() as directory:
         result = run(factory, sparsities, repeats, directory)
     print(markdown(result, title))

@@ -741,3 +741,14 @@ def _perturb(value: Any, data: Any) -> Any:
     if isinstance(value, str):
         return data.draw(st.sampled_from([value + "x", "", "*", "fc1.weight", None, 3]), label="string")
     return data.draw(st.sampled_from([None, 1, "x", [], {}]), label="other")
+
+
+def test_loading_into_an_already_pruned_model_replaces_its_masks(tmp_path):
+    source = _mlp_ticket_file(tmp_path / "t.safetensors")
+    model = MLP()
+    prune.custom_from_mask(model.fc1, "weight", torch.ones(16, 10, dtype=torch.bool))
+    ticket = load_ticket(tmp_path / "t.safetensors", model)
+    for fqn, mask in source.masks.items():
+        assert torch.equal(ticket.masks[fqn], mask)
+    for key, value in _effective(source.model).items():
+        assert torch.equal(_effective(model)[key], value), key

@@ -393,6 +393,13 @@ def _decode_metadata(meta: Mapping[str, str], fn: str, path: PathLike) -> dict[s
             raise ValueError(f"{fn}(): path={os.fspath(path)!r} has {key}={decoded[key]!r} < 0; the file is corrupt")
     if not all(isinstance(t, str) for t in decoded["targets"]):
         raise ValueError(f"{fn}(): path={os.fspath(path)!r} has non-string target FQNs; the file is corrupt")
+    row_types = {"fqn": str, "shape": list, "numel": int, "remaining": int, "sparsity": (int, float)}
+    for row in decoded["summary"]:
+        if not (isinstance(row, dict) and all(isinstance(row.get(k), t) for k, t in row_types.items())):
+            raise ValueError(
+                f"{fn}(): path={os.fspath(path)!r} has a summary row {row!r:.80} without "
+                f"{sorted(row_types)!r}; the file is corrupt"
+            )
     for name, table in (("layout", decoded["layout"]), ("architecture", decoded["architecture"])):
         for key, shape in table.items():
             if not (isinstance(shape, list) and all(isinstance(d, int) and not isinstance(d, bool) and d >= 0
@@ -484,7 +491,8 @@ def _decode_tensors(
 
 def _read_file(path: PathLike, fn: str) -> TicketTensors:
     """Read, checksum and decode a whole ticket file. Raises only ``OSError`` or ``ValueError``."""
-    data = open(os.fspath(path), "rb").read()  # noqa: SIM115 - closed by refcount right away
+    with open(os.fspath(path), "rb") as handle:
+        data = handle.read()
     header = _read_header(data, fn, path)
     meta = _header_metadata(header, fn, path)
     try:
@@ -803,18 +811,6 @@ def load_ticket(
         logger.info("load_ticket(): snapshot_device %r unavailable; keeping the snapshot on the CPU", device)
         device = "cpu"
     overrides["snapshot_device"] = device
-    try:
-        ticket = LotteryTicket.from_config(model, config, **overrides)
-    except (TypeError, ValueError) as exc:
-        raise ValueError(
-            f"{fn}(): path={os.fspath(path)!r} holds settings this model or library rejects ({exc}); "
-            "pass criterion= for a custom criterion, or build the architecture the ticket was found on"
-        ) from exc
-    if ticket.target_fqns != meta["targets"]:
-        raise ValueError(
-            f"{fn}(): path={os.fspath(path)!r} targets {meta['targets'][:5]!r}... but its settings select "
-            f"{ticket.target_fqns[:5]!r}... in this model; build the architecture the ticket was found on"
-        )
     state = {
         "config": config,
         "round": meta["round"],
@@ -825,7 +821,19 @@ def load_ticket(
         "steps": meta["steps"],
     }
     values = content.rewind if weights == "rewind" else content.trained
-    with _rollback_on_error(model):
+    with _rollback_on_error(model):  # building the ticket adopts masks already in the model: roll that back too
+        try:
+            ticket = LotteryTicket.from_config(model, config, **overrides)
+        except (TypeError, ValueError) as exc:
+            raise ValueError(
+                f"{fn}(): path={os.fspath(path)!r} holds settings this model or library rejects ({exc}); "
+                "pass criterion= for a custom criterion, or build the architecture the ticket was found on"
+            ) from exc
+        if ticket.target_fqns != meta["targets"]:
+            raise ValueError(
+                f"{fn}(): path={os.fspath(path)!r} targets {meta['targets'][:5]!r}... but its settings select "
+                f"{ticket.target_fqns[:5]!r}... in this model; build the architecture the ticket was found on"
+            )
         ticket.load_state_dict(state)
         live = _live_tensors(ticket)
         with torch.no_grad():
