@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Callable, ClassVar
+import functools
+import weakref
+from typing import Any, Callable, ClassVar
 
 import torch
 from torch import Tensor, nn
@@ -10,7 +12,7 @@ from torch.nn.utils import prune
 
 from .targets import Target, get_place
 
-__all__ = ["BACKENDS", "MaskBackend", "PruneBackend", "make_backend"]
+__all__ = ["BACKENDS", "BakedBackend", "MaskBackend", "PruneBackend", "make_backend"]
 
 # Layers whose forward reads their children's weights directly, without calling the children's
 # forward (so the children's prune hooks would not refresh the masked weight first).
@@ -61,6 +63,9 @@ class MaskBackend:
     def remove_(self, target: Target) -> None:
         """Make pruning permanent: a plain Parameter with zeros baked in, no mask left."""
         raise NotImplementedError
+
+    def commit_(self) -> None:
+        """Called once every target's new mask is in: forget what a rollback would have needed."""
 
 
 class PruneBackend(MaskBackend):
@@ -207,7 +212,158 @@ class PruneBackend(MaskBackend):
                 del self._reader_hooks[key]
 
 
-BACKENDS: dict[str, Callable[[nn.Module], MaskBackend]] = {PruneBackend.name: PruneBackend}
+class BakedBackend(MaskBackend):
+    """Masks baked into the weights: the Parameter itself holds zeros where pruned.
+
+    No reparametrization and no forward hook: the forward pass costs what the dense one does and
+    the model's ``state_dict`` keeps its plain keys. Each masked Parameter (same object, so
+    optimizers stay valid) gets a gradient hook that zeroes the pruned entries of its gradient,
+    and after every step of an optimizer that owns a masked Parameter the pruned entries are
+    multiplied by the mask again (momentum or Adam moments would otherwise revive them). Masks are
+    bool tensors kept on the parameter's device, 1 byte per masked weight.
+
+    With optimizers that update each entry on its own (SGD, Adam, AdamW, RMSprop, ...), training
+    is bitwise identical to :class:`PruneBackend`. Optimizers that mix entries (LBFGS, or any that
+    normalize by a tensor norm) see zeros here where prune's ``*_orig`` keeps the pruned values.
+    Writes to the weights outside an optimizer step (``p -= lr * p.grad``) are not re-masked
+    until the next optimizer step or rewind. ``unapply_`` can only return the raw values of the
+    entries pruned by the latest ``apply_`` that has not been followed by ``commit_``.
+    """
+
+    name = "baked"
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__(model)
+        self._masks: dict[str, Tensor] = {}
+        self._grad_hooks: dict[str, torch.utils.hooks.RemovableHandle] = {}
+        self._params: dict[int, tuple[nn.Parameter, Tensor]] = {}  # id(param) -> (param, mask)
+        self._undo: dict[str, Tensor] = {}  # fqn -> raw values before the latest uncommitted apply_
+        self._step_hook: torch.utils.hooks.RemovableHandle | None = None
+
+    def _check_plain(self, target: Target) -> nn.Parameter:
+        owner = get_place(self.model, target.module_name)
+        param = owner._parameters.get(target.name)
+        if param is None:
+            raise ValueError(
+                f"BakedBackend: {target.fqn!r} is not a plain Parameter (torch.nn.utils.prune masks "
+                "installed?); use backend='prune', or prune.remove() it first"
+            )
+        return param
+
+    def is_masked(self, target: Target) -> bool:
+        self._check_plain(target)
+        return target.fqn in self._masks
+
+    def apply_(self, target: Target, mask: Tensor) -> None:
+        param = self._check_plain(target)
+        mask = mask.detach().to(device=param.device, dtype=torch.bool)
+        if tuple(mask.shape) != tuple(param.shape):
+            raise ValueError(
+                f"BakedBackend.apply_(): mask for {target.fqn!r} has shape {tuple(mask.shape)}, "
+                f"the parameter has {tuple(param.shape)}"
+            )
+        stored = self._masks.get(target.fqn)
+        with torch.no_grad():
+            undo = self._undo.get(target.fqn)
+            if undo is None:  # keep the raw values until commit_(), for a rollback
+                self._undo[target.fqn] = param.detach().clone()
+            else:  # a second apply_ before commit_ (a rollback): start from the raw values
+                param.copy_(undo)
+            if stored is None:
+                stored = self._masks[target.fqn] = mask.clone()
+                self._grad_hooks[target.fqn] = param.register_hook(functools.partial(_mask_grad, stored))
+                self._params[id(param)] = (param, stored)
+            else:
+                stored.copy_(mask)
+            param.mul_(stored)
+        self._watch_steps()
+
+    def unapply_(self, target: Target) -> None:
+        if target.fqn not in self._masks:
+            return
+        param = self._check_plain(target)
+        undo = self._undo.pop(target.fqn, None)
+        if undo is not None:
+            with torch.no_grad():
+                param.copy_(undo)
+        self._forget(target.fqn, param)
+
+    def commit_(self) -> None:
+        self._undo.clear()
+
+    def mask(self, target: Target) -> Tensor:
+        stored = self._masks.get(target.fqn)
+        if stored is None:
+            return torch.ones(target.shape, dtype=torch.bool, device=self.parameter(target).device)
+        return stored.clone()
+
+    def parameter(self, target: Target) -> nn.Parameter:
+        return self._check_plain(target)
+
+    def weight(self, target: Target) -> Tensor:
+        param = self._check_plain(target).detach()
+        stored = self._masks.get(target.fqn)
+        return param if stored is None else param * stored
+
+    def refresh_(self, target: Target) -> None:
+        stored = self._masks.get(target.fqn)
+        if stored is not None:
+            with torch.no_grad():
+                self._check_plain(target).mul_(stored)
+
+    def remove_(self, target: Target) -> None:
+        if target.fqn in self._masks:
+            self.refresh_(target)
+            self._undo.pop(target.fqn, None)
+            self._forget(target.fqn, self._check_plain(target))
+
+    def _forget(self, fqn: str, param: nn.Parameter) -> None:
+        del self._masks[fqn]
+        self._grad_hooks.pop(fqn).remove()
+        self._params.pop(id(param), None)
+        if not self._masks and self._step_hook is not None:
+            self._step_hook.remove()
+            self._step_hook = None
+
+    # -- re-zeroing after optimizer steps ---------------------------------------------------
+    def _watch_steps(self) -> None:
+        if self._step_hook is not None:
+            return
+        from torch.optim.optimizer import register_optimizer_step_post_hook
+
+        this = weakref.ref(self)
+
+        def after_step(optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
+            backend = this()
+            if backend is not None:
+                backend._rezero_(optimizer)
+
+        handle = register_optimizer_step_post_hook(after_step)
+        weakref.finalize(self, handle.remove)
+        self._step_hook = handle
+
+    def _rezero_(self, optimizer: torch.optim.Optimizer) -> None:
+        """Multiply the masked parameters ``optimizer`` owns by their masks, in one foreach call."""
+        params, masks = [], []
+        for group in optimizer.param_groups:
+            for p in group["params"]:
+                entry = self._params.get(id(p))
+                if entry is not None and entry[0] is p:
+                    params.append(p)
+                    masks.append(entry[1])
+        if params:
+            with torch.no_grad():
+                torch._foreach_mul_(params, masks)
+
+
+def _mask_grad(mask: Tensor, grad: Tensor) -> Tensor:
+    return grad * mask
+
+
+BACKENDS: dict[str, Callable[[nn.Module], MaskBackend]] = {
+    PruneBackend.name: PruneBackend,
+    BakedBackend.name: BakedBackend,
+}
 
 
 def make_backend(name: str, model: nn.Module) -> MaskBackend:

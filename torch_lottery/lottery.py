@@ -537,6 +537,8 @@ class LotteryTicket:
                 else:
                     self._backend.unapply_(t)
             raise
+        finally:
+            self._backend.commit_()  # the backend may drop what a rollback needed
 
     def _record(self, masks: Mapping[str, Tensor]) -> dict[str, Any]:
         per_tensor = {fqn: int(m.sum()) for fqn, m in masks.items()}
