@@ -1,27 +1,17 @@
-"""Command line for torch_lottery: one argparse subcommand per job; the only module that prints."""
+"""The ``torch-lottery`` command line: one argparse subcommand per job; this module owns printing.
+
+Subcommands:
+    inspect     print a ticket file's metadata and per-tensor sparsity table.
+"""
 
 from __future__ import annotations
 
 import argparse
 import json
 import sys
-from typing import Any, Sequence
+from typing import Any, Optional, Sequence
 
-__all__ = ["build_parser", "main"]
-
-
-def build_parser() -> argparse.ArgumentParser:
-    """Return the ``torch-lottery`` argument parser with every subcommand registered."""
-    parser = argparse.ArgumentParser(prog="torch-lottery", description="Lottery tickets for PyTorch models.")
-    subcommands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    _add_inspect(subcommands)
-    return parser
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """Run the ``torch-lottery`` command line; returns the process exit status."""
-    args = build_parser().parse_args(argv)
-    return int(args.run(args))
+__all__ = ["main"]
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -29,8 +19,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 # ----------------------------------------------------------------------------------------------------------------
 
 
-def _add_inspect(subcommands: Any) -> None:
-    parser = subcommands.add_parser(
+def _add_inspect(subparsers: Any) -> None:
+    parser = subparsers.add_parser(
         "inspect",
         help="print a ticket file's metadata and per-tensor sparsity",
         description="Print a ticket file's metadata and a per-tensor sparsity table (reads the header only "
@@ -42,7 +32,7 @@ def _add_inspect(subcommands: Any) -> None:
         "--verify", action="store_true", help="also read every tensor and check checksum, counts and shapes"
     )
     parser.add_argument("--history", action="store_true", help="also print the per-round history")
-    parser.set_defaults(run=_run_inspect)
+    parser.set_defaults(func=_run_inspect)
 
 
 def _human_bytes(n: int) -> str:
@@ -110,6 +100,27 @@ def _run_inspect(args: argparse.Namespace) -> int:
         for entry in info["history"]:
             print(json.dumps(entry, sort_keys=True))
     return 0
+
+
+# ----------------------------------------------------------------------------- entry point
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``torch-lottery`` argument parser with every subcommand."""
+    parser = argparse.ArgumentParser(prog="torch-lottery", description="Lottery tickets for PyTorch models.")
+    subparsers = parser.add_subparsers(dest="command", metavar="command")
+    _add_inspect(subparsers)
+    return parser
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Entry point of the ``torch-lottery`` script."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if getattr(args, "func", None) is None:
+        parser.print_help()
+        return 2
+    return int(args.func(args))
 
 
 if __name__ == "__main__":  # pragma: no cover
