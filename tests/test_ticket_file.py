@@ -752,3 +752,42 @@ def test_loading_into_an_already_pruned_model_replaces_its_masks(tmp_path):
         assert torch.equal(ticket.masks[fqn], mask)
     for key, value in _effective(source.model).items():
         assert torch.equal(_effective(model)[key], value), key
+
+
+@pytest.mark.parametrize("restore", ["params", "targets"])
+def test_tensors_outside_the_snapshot_keep_the_fresh_models_values(restore, tmp_path):
+    torch.manual_seed(0)
+    source = LotteryTicket(MLP(), rate=0.5, rounds=2, restore=restore)
+    with source:
+        _train_a_little(source.model, seed=0)
+    source.save(tmp_path / "t.safetensors", encoding="dense")
+    model = MLP()
+    fresh = _effective(model)
+    loaded = load_ticket(tmp_path / "t.safetensors", model)
+    after = _effective(model)
+    for key in after:
+        if key in source.rewind_weights:
+            expected = source.rewind_weights[key] * source.masks[key] if key in source.masks else source.rewind_weights[key]
+            assert torch.equal(after[key], expected), key
+        else:
+            assert torch.equal(after[key], fresh[key]), key
+    assert set(loaded.rewind_weights) == set(source.rewind_weights)
+
+
+def test_late_rewinding_point_survives_the_round_trip(tmp_path):
+    torch.manual_seed(0)
+    model = MLP()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    source = LotteryTicket(model, rate=0.5, rounds=3, rewind=2, optimizer=optimizer)
+    with source:
+        for _ in range(4):
+            optimizer.zero_grad()
+            model(torch.randn(8, 10)).pow(2).mean().backward()
+            optimizer.step()
+    source.save(tmp_path / "t.safetensors", encoding="dense")
+    loaded = load_ticket(tmp_path / "t.safetensors", MLP())
+    assert loaded.config()["rewind"] == 2
+    state, original = loaded.state_dict(), source.state_dict()
+    assert state["rewind_captured"] is True and state["steps"] == original["steps"] == 4
+    for key, value in original["rewind_weights"].items():
+        assert torch.equal(state["rewind_weights"][key], value), key
