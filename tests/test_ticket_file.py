@@ -791,3 +791,11 @@ def test_late_rewinding_point_survives_the_round_trip(tmp_path):
     assert state["rewind_captured"] is True and state["steps"] == original["steps"] == 4
     for key, value in original["rewind_weights"].items():
         assert torch.equal(state["rewind_weights"][key], value), key
+
+
+def test_benchmark_smoke_run_checks_its_round_trips():
+    script = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks", "bench_ticket_file.py")
+    result = subprocess.run([sys.executable, script, "--smoke", "--threads", "1"], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "| 0.90 | compact |" in result.stdout
+    assert "correctness: 4 saved tickets load with equal masks and effective weights: OK" in result.stdout
