@@ -64,6 +64,12 @@ class MaskBackend:
         """Make pruning permanent: a plain Parameter with zeros baked in, no mask left."""
         raise NotImplementedError
 
+    def load_(self, target: Target, value: Tensor) -> None:
+        """Write ``value`` into the parameter in place (a rewind), then refresh the effective weight."""
+        with torch.no_grad():
+            self.parameter(target).copy_(value)
+        self.refresh_(target)
+
     def commit_(self) -> None:
         """Called once every target's new mask is in: forget what a rollback would have needed."""
 
@@ -313,7 +319,16 @@ class BakedBackend(MaskBackend):
         stored = self._masks.get(target.fqn)
         if stored is not None:
             with torch.no_grad():
-                self._check_plain(target).mul_(stored)
+                self._check_plain(target).mul_(stored.view(torch.uint8))
+
+    def load_(self, target: Target, value: Tensor) -> None:
+        param = self._check_plain(target)
+        stored = self._masks.get(target.fqn)
+        if stored is None or value.device != param.device or value.dtype != param.dtype:
+            super().load_(target, value)
+            return
+        with torch.no_grad():  # one pass: param = value * mask
+            torch.mul(value, stored.view(torch.uint8), out=param)
 
     def remove_(self, target: Target) -> None:
         if target.fqn in self._masks:
