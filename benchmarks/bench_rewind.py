@@ -1,6 +1,7 @@
 """Benchmark rewinding (LotteryTicket.rewind_) against one plain tensor copy of the same bytes.
 
-The snapshot lives on the CPU (the default ``snapshot_device``). The baseline is a single
+The snapshot lives on the CPU (the default ``snapshot_device``), or on disk
+(``snapshot_device="disk"``: a memory-mapped safetensors file, read from the page cache here). The baseline is a single
 ``dst.copy_(src)`` of a float32 tensor holding as many bytes as the snapshot, measured in the
 same run; the ratio says what the per-tensor bookkeeping of a rewind costs on top of moving
 the bytes. Correctness is checked after timing: the effective weights equal snapshot * mask and
@@ -36,10 +37,10 @@ def main() -> int:
           f"median of {reps} rewinds\n")
     rows, failures = [], []
     for name in names:
-        for backend in ("prune", "baked"):
+        for backend, where in (("prune", "cpu"), ("baked", "cpu"), ("prune", "disk")):
             torch.manual_seed(0)
             model, _ = MODELS[name]()
-            ticket = LotteryTicket(model, sparsity=0.8, backend=backend)
+            ticket = LotteryTicket(model, sparsity=0.8, backend=backend, snapshot_device=where)
             with ticket:
                 pass
             snapshot = ticket.rewind_weights
@@ -50,7 +51,7 @@ def main() -> int:
             t_rewind = median_time(ticket.rewind_, reps=reps)
             t_copy2 = median_time(lambda: dst.copy_(src), reps=reps)  # bracket the rewind: drift check
             t_copy = min(t_copy, t_copy2)
-            rows.append([name, backend, len(snapshot), f"{nbytes / 2**20:.1f}", f"{t_copy * 1e3:.2f}",
+            rows.append([name, backend, where, len(snapshot), f"{nbytes / 2**20:.1f}", f"{t_copy * 1e3:.2f}",
                          f"{t_rewind * 1e3:.2f}", f"{t_rewind / t_copy:.1f}x"])
             masks = ticket.masks
             live = {t.fqn: ticket.backend.weight(t) for t in ticket.targets}
@@ -59,8 +60,8 @@ def main() -> int:
                 got = live.get(key, state.get(key))
                 want = value * masks[key] if key in masks else value
                 if got is None or not torch.equal(got.cpu(), want):
-                    failures.append(f"{name}/{backend}: {key} differs from the snapshot after rewind_()")
-    print_table(["model", "backend", "tensors", "snapshot MiB", "one copy ms", "rewind_ ms", "rewind / copy"], rows)
+                    failures.append(f"{name}/{backend}/{where}: {key} differs from the snapshot after rewind_()")
+    print_table(["model", "backend", "snapshot", "tensors", "snapshot MiB", "one copy ms", "rewind_ ms", "rewind / copy"], rows)
     if failures:
         print("\n".join(["INCORRECT:"] + failures), file=sys.stderr)
         return 1

@@ -98,6 +98,22 @@ def test_controls_use_other_masks_or_other_init(experiment) -> None:
     assert torch.equal(state["rewind_weights"]["fc1.weight"], build_model("lenet", seed=0).fc1.weight)
 
 
+def test_final_ticket_file_holds_the_last_round_masks_and_theta_0(experiment) -> None:
+    from torch_lottery.ticket_file import load_ticket, read_ticket_info
+
+    out, _, _ = experiment
+    info = read_ticket_info(out / "ticket-seed0.safetensors")
+    assert info["round"] == 2
+    assert {row["fqn"]: row["remaining"] for row in info["summary"]} == SCHEDULE[2]
+    model = build_model("lenet", seed=123)  # another init: the file must bring theta_0 of seed 0
+    ticket = load_ticket(out / "ticket-seed0.safetensors", model)
+    theta_0 = build_model("lenet", seed=0)
+    masks = torch.load(out / "state" / "seed0-masks-r02.pt", weights_only=True)
+    assert all(torch.equal(ticket.masks[k], masks[k]) for k in masks)
+    assert torch.equal(model.fc1.weight, theta_0.fc1.weight * masks["fc1.weight"])
+    assert torch.equal(model.fc1.bias, theta_0.fc1.bias)
+
+
 def test_early_stop_is_the_minimum_validation_loss(experiment) -> None:
     _, runs, _ = experiment
     for run in runs:

@@ -11,6 +11,7 @@ from .lottery import LotteryTicket, per_round_rate
 from .scoring import CRITERIA
 from .selection import prune_lowest
 from .targets import Target, find_targets
+from .ticket_file import export_plain, load_ticket, read_ticket_info, save_ticket
 
 __version__ = "0.1.0"
 
@@ -21,11 +22,15 @@ __all__ = [
     "PruneBackend",
     "Target",
     "__version__",
+    "export_plain",
     "find_targets",
     "mask_distance",
     "mask_overlap",
     "fresh_init",
+    "load_ticket",
     "per_round_rate",
     "prune_lowest",
     "random_masks_like",
+    "read_ticket_info",
+    "save_ticket",
 ]

@@ -64,6 +64,12 @@ class MaskBackend:
         """Make pruning permanent: a plain Parameter with zeros baked in, no mask left."""
         raise NotImplementedError
 
+    def load_(self, target: Target, value: Tensor) -> None:
+        """Write ``value`` into the parameter in place (a rewind), then refresh the effective weight."""
+        with torch.no_grad():
+            self.parameter(target).copy_(value)
+        self.refresh_(target)
+
     def commit_(self) -> None:
         """Called once every target's new mask is in: forget what a rollback would have needed."""
 
@@ -217,7 +223,8 @@ class BakedBackend(MaskBackend):
 
     No reparametrization and no forward hook: the forward pass costs what the dense one does and
     the model's ``state_dict`` keeps its plain keys. Each masked Parameter (same object, so
-    optimizers stay valid) gets a gradient hook that zeroes the pruned entries of its gradient,
+    optimizers stay valid) gets a post-accumulate-grad hook that zeroes the pruned entries of its
+    ``.grad`` in place (so gradient clipping sees what the prune backend's ``*_orig`` sees),
     and after every step of an optimizer that owns a masked Parameter the pruned entries are
     multiplied by the mask again (momentum or Adam moments would otherwise revive them). Masks are
     bool tensors kept on the parameter's device, 1 byte per masked weight.
@@ -225,6 +232,7 @@ class BakedBackend(MaskBackend):
     With optimizers that update each entry on its own (SGD, Adam, AdamW, RMSprop, ...), training
     is bitwise identical to :class:`PruneBackend`. Optimizers that mix entries (LBFGS, or any that
     normalize by a tensor norm) see zeros here where prune's ``*_orig`` keeps the pruned values.
+    Gradients taken with ``torch.autograd.grad`` (not accumulated into ``.grad``) are not masked.
     Writes to the weights outside an optimizer step (``p -= lr * p.grad``) are not re-masked
     until the next optimizer step or rewind. ``unapply_`` can only return the raw values of the
     entries pruned by the latest ``apply_`` that has not been followed by ``commit_``.
@@ -271,7 +279,9 @@ class BakedBackend(MaskBackend):
                 param.copy_(undo)
             if stored is None:
                 stored = self._masks[target.fqn] = mask.clone()
-                self._grad_hooks[target.fqn] = param.register_hook(functools.partial(_mask_grad, stored))
+                self._grad_hooks[target.fqn] = param.register_post_accumulate_grad_hook(
+                    functools.partial(_mask_grad_, stored.view(torch.uint8))
+                )
                 self._params[id(param)] = (param, stored)
             else:
                 stored.copy_(mask)
@@ -309,7 +319,16 @@ class BakedBackend(MaskBackend):
         stored = self._masks.get(target.fqn)
         if stored is not None:
             with torch.no_grad():
-                self._check_plain(target).mul_(stored)
+                self._check_plain(target).mul_(stored.view(torch.uint8))
+
+    def load_(self, target: Target, value: Tensor) -> None:
+        param = self._check_plain(target)
+        stored = self._masks.get(target.fqn)
+        if stored is None or value.device != param.device or value.dtype != param.dtype:
+            super().load_(target, value)
+            return
+        with torch.no_grad():  # one pass: param = value * mask
+            torch.mul(value, stored.view(torch.uint8), out=param)
 
     def remove_(self, target: Target) -> None:
         if target.fqn in self._masks:
@@ -350,14 +369,18 @@ class BakedBackend(MaskBackend):
                 entry = self._params.get(id(p))
                 if entry is not None and entry[0] is p:
                     params.append(p)
-                    masks.append(entry[1])
+                    masks.append(entry[1].view(torch.uint8))
         if params:
             with torch.no_grad():
-                torch._foreach_mul_(params, masks)
+                for p, m in zip(params, masks):
+                    p.mul_(m)
 
 
-def _mask_grad(mask: Tensor, grad: Tensor) -> Tensor:
-    return grad * mask
+def _mask_grad_(mask: Tensor, param: Tensor) -> None:
+    # In place on the accumulated .grad; a uint8 view of the bool mask multiplies on torch's fast
+    # same-width path (about 3x faster than a bool operand on CPU, and no temporary).
+    if param.grad is not None:
+        param.grad.mul_(mask)
 
 
 BACKENDS: dict[str, Callable[[nn.Module], MaskBackend]] = {

@@ -5,8 +5,12 @@ from __future__ import annotations
 import copy
 import functools
 import logging
-import math
 import numbers
+import os
+import shutil
+import tempfile
+import weakref
+from pathlib import Path
 from typing import Any, Callable, Mapping, Optional, Sequence, TypeVar, Union
 
 import torch
@@ -16,6 +20,7 @@ from .backends import BACKENDS, MaskBackend, make_backend
 from .controls import fresh_init
 from .scoring import Criterion, get_criterion
 from .selection import prune_lowest
+from .snapshot import mmap_safetensors, write_safetensors_streaming
 from .targets import Target, TargetSelector, find_targets, named_state_tensors, unwrap_model
 
 __all__ = ["LotteryTicket", "per_round_rate"]
@@ -114,7 +119,11 @@ class LotteryTicket:
             (together with its optimizer's learning rates). With ``rewind="none"`` this gives
             learning-rate rewinding; leave it out for plain fine-tuning.
         seed: seed for ``"random"`` scores and ``"reinit"``.
-        snapshot_device: where the snapshot lives (``"cpu"`` by default).
+        snapshot_device: where the snapshot lives: a torch device (``"cpu"`` by default), or
+            ``"disk"``: a safetensors file, written one tensor at a time and read back
+            memory-mapped, for models that do not fit in memory twice.
+        snapshot_dir: the folder for ``snapshot_device="disk"`` (created if missing; the file is
+            ``rewind.safetensors``); by default a temporary folder removed with the ticket.
         backend: mask backend name, ``"prune"`` (torch.nn.utils.prune hooks) by default.
 
     Raises:
@@ -155,6 +164,7 @@ class LotteryTicket:
         scheduler: Optional[Any] = None,
         seed: int = 0,
         snapshot_device: Union[str, torch.device] = "cpu",
+        snapshot_dir: Optional[Union[str, os.PathLike]] = None,
         backend: str = "prune",
     ) -> None:
         if not isinstance(model, nn.Module):
@@ -194,12 +204,21 @@ class LotteryTicket:
                 f"LotteryTicket(): scheduler={type(scheduler).__name__!r} has no state_dict()/load_state_dict(); "
                 "pass a torch.optim.lr_scheduler instance"
             )
-        try:
-            snapshot_device = torch.device(snapshot_device)
-        except (RuntimeError, TypeError):
-            raise ValueError(
-                f"LotteryTicket(): snapshot_device={snapshot_device!r} is not a torch device; use 'cpu' or 'cuda:0'"
-            ) from None
+        if snapshot_device != "disk":
+            try:
+                snapshot_device = torch.device(snapshot_device)
+            except (RuntimeError, TypeError):
+                raise ValueError(
+                    f"LotteryTicket(): snapshot_device={snapshot_device!r} is not a torch device or 'disk'; "
+                    "use 'cpu', 'cuda:0' or 'disk'"
+                ) from None
+            if snapshot_dir is not None:
+                raise ValueError(
+                    f"LotteryTicket(): snapshot_dir={str(snapshot_dir)!r} is only used with snapshot_device='disk'; "
+                    "pass snapshot_device='disk' or drop snapshot_dir"
+                )
+        elif snapshot_dir is not None and Path(snapshot_dir).exists() and not Path(snapshot_dir).is_dir():
+            raise ValueError(f"LotteryTicket(): snapshot_dir={str(snapshot_dir)!r} is a file; pass a folder")
         if backend not in BACKENDS:
             raise ValueError(
                 f"LotteryTicket(): backend={backend!r} is not a mask backend; choose one of {sorted(BACKENDS)}"
@@ -223,6 +242,7 @@ class LotteryTicket:
         self.scheduler = scheduler
         self.seed = seed
         self.snapshot_device = snapshot_device
+        self.snapshot_dir = Path(snapshot_dir) if snapshot_dir is not None else None
         self._exclude = list(exclude)
         self._backend: MaskBackend = make_backend(backend, self.model)
 
@@ -607,8 +627,21 @@ class LotteryTicket:
             keys = self.target_fqns
         else:
             keys = list(live)
-        with torch.no_grad():
-            return {k: live[k].detach().to(self.snapshot_device, copy=True) for k in keys}
+        return self._store_snapshot({k: live[k].detach() for k in keys})
+
+    def _store_snapshot(self, tensors: Mapping[str, Tensor]) -> dict[str, Tensor]:
+        """Copy ``tensors`` to where snapshots live (a device, or a memory-mapped file on disk)."""
+        if self.snapshot_device != "disk":
+            with torch.no_grad():
+                return {k: v.detach().to(self.snapshot_device, copy=True) for k, v in tensors.items()}
+        if self.snapshot_dir is None:
+            self.snapshot_dir = Path(tempfile.mkdtemp(prefix="torch_lottery-"))
+            weakref.finalize(self, shutil.rmtree, str(self.snapshot_dir), True)
+        self.snapshot_dir.mkdir(parents=True, exist_ok=True)
+        path = self.snapshot_dir / "rewind.safetensors"
+        write_safetensors_streaming(tensors, path)
+        stored = mmap_safetensors(path)
+        return {k: stored[k] for k in tensors}
 
     def _take_optim_state(self) -> tuple[Optional[dict[str, Any]], Optional[dict[str, Any]]]:
         opt = copy.deepcopy(self.optimizer.state_dict()) if self.optimizer is not None else None
@@ -666,11 +699,13 @@ class LotteryTicket:
                         f"LotteryTicket.rewind_(): the model no longer has {key!r} with shape "
                         f"{tuple(value.shape)}; was the model changed after the snapshot?"
                     )
+            targets = {t.fqn: t for t in self._targets}
             with torch.no_grad():
                 for key, value in values.items():
-                    live[key].copy_(value)
-            for t in self._targets:
-                self._backend.refresh_(t)
+                    if key in targets:
+                        self._backend.load_(targets[key], value)
+                    else:
+                        live[key].copy_(value)
         if self.optimizer is not None and self._opt_state is not None:
             self.optimizer.load_state_dict(copy.deepcopy(self._opt_state))
         if self.scheduler is not None and self._sched_state is not None:
@@ -724,6 +759,15 @@ class LotteryTicket:
         self._hooks = []
 
     # ------------------------------------------------------------------ resumable state
+    def save(
+        self, path: Any, *, encoding: str = "compact", include_trained: bool = False,
+        metadata: Optional[Mapping[str, str]] = None,
+    ) -> None:
+        """Save this ticket as one safetensors file; see :func:`torch_lottery.ticket_file.save_ticket`."""
+        from .ticket_file import save_ticket
+
+        save_ticket(self, path, encoding=encoding, include_trained=include_trained, metadata=metadata)
+
     def state_dict(self) -> dict[str, Any]:
         """Everything needed to resume an IMP run: settings, round, history, masks, snapshot.
 
@@ -779,7 +823,7 @@ class LotteryTicket:
         self._install_masks_(masks)
         self.round = int(state["round"])
         self.history = copy.deepcopy(list(state["history"]))
-        self._snapshot = {k: v.to(self.snapshot_device).clone() for k, v in state["rewind_weights"].items()} or None
+        self._snapshot = self._store_snapshot(state["rewind_weights"]) or None
         self._rewind_captured = bool(state.get("rewind_captured", True))
         self._steps = int(state.get("steps", 0))
         self._opt_state = copy.deepcopy(state.get("optimizer_state"))

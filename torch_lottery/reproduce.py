@@ -474,12 +474,12 @@ def _run_seed(
                 other.load_state_dict(_load_tensors(dense_path))
             record(seed, "oneshot", rnd, oneshot.masks, train(other, seed, "oneshot", rnd))
 
+    # The final ticket: masks after the last round, weights rewound to theta_0 (a ticket file,
+    # loadable into a fresh model with torch_lottery.ticket_file.load_ticket).
     final_path = out_dir / f"ticket-seed{seed}.safetensors"
-    if hasattr(ticket, "save") and not final_path.is_file():
+    if not final_path.is_file():
         ticket.save(final_path)
         logger.info("seed %d: final ticket (round %d) saved to %s", seed, ticket.round, final_path)
-    # TODO(ticket file): until LotteryTicket.save lands on main, only the resumable state in
-    # state/seed<k>-ticket.pt (ticket.state_dict()) is written for the final ticket.
 
 
 
