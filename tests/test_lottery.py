@@ -581,3 +581,68 @@ def test_random_criterion_is_seeded():
     with b:
         pass
     assert all(torch.equal(a.masks[k], b.masks[k]) for k in a.masks)
+
+
+# ---------------------------------------------------------------- per-layer overrides (found by the reproduction client)
+def test_layer_rates_covering_every_target_need_no_global_rate():
+    model = lenet()
+    ticket = LotteryTicket(model, scope="layer", layer_rates={"1.weight": 0.2, "3.weight": 0.2, "5.weight": 0.1})
+    with ticket:
+        pass
+    assert {k: int(m.sum()) for k, m in ticket.masks.items()} == {"1.weight": 1536, "3.weight": 480, "5.weight": 180}
+    assert ticket.rounds is None
+
+
+def test_partial_overrides_still_need_rate_or_sparsity():
+    with pytest.raises(ValueError, match=r"cover every target with layer_rates/layer_sparsity \(not covered: \['3.weight'\]\)"):
+        LotteryTicket(lenet(), layer_rates={"1.weight": 0.2, "5.weight": 0.1})
+
+
+def test_layer_sparsity_prunes_one_shot_to_per_layer_sparsity():
+    model = lenet()
+    ticket = LotteryTicket(model, layer_sparsity={"1.weight": 0.5, "3.weight": 0.75, "5.weight": 0.1})
+    assert ticket.rounds == 1
+    with ticket:
+        pass
+    assert {k: int(m.sum()) for k, m in ticket.masks.items()} == {"1.weight": 960, "3.weight": 150, "5.weight": 180}
+    assert ticket.done
+
+
+def test_layer_sparsity_over_rounds_lands_exactly():
+    model = lenet()
+    ticket = LotteryTicket(model, rate=0.2, rounds=3, scope="global", layer_sparsity={"5.weight": 0.5})
+    for _ in range(3):
+        with ticket:
+            pass
+    assert int(ticket.masks["5.weight"].sum()) == 100
+    assert ticket.history[0]["per_tensor"]["5.weight"] == 200 - round(200 * (1 - 0.5 ** (1 / 3)))
+
+
+def test_a_tensor_in_both_override_maps_is_refused():
+    with pytest.raises(ValueError, match=r"\['5.weight'\] are in both layer_rates and layer_sparsity"):
+        LotteryTicket(lenet(), rate=0.2, layer_rates={"5.*": 0.1}, layer_sparsity={"5.weight": 0.5})
+
+
+def test_set_masks_on_a_fresh_ticket_takes_the_snapshot_itself():
+    model = lenet()
+    theta0 = state(model)
+    ticket = LotteryTicket(model, rate=0.5)
+    masks = random_masks_like({k: torch.rand(m.shape) > 0.5 for k, m in ticket.masks.items()}, seed=0)
+    ticket.set_masks_(masks)  # no snapshot_() call needed
+    for fqn, mask in masks.items():
+        assert torch.equal(effective(model, fqn), theta0[fqn] * mask)
+    assert torch.equal(ticket.rewind_weights["1.weight"], theta0["1.weight"])
+
+
+def test_load_state_dict_can_rewind_the_model_too():
+    model = lenet()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    ticket = LotteryTicket(model, rate=0.3, rounds=3)
+    with ticket:
+        train_steps(model, opt, 3)
+    saved = ticket.state_dict()
+    fresh = lenet(seed=9)
+    resumed = LotteryTicket(fresh, rate=0.3, rounds=3)
+    resumed.load_state_dict(saved, rewind=True)
+    for k, v in model.state_dict().items():
+        assert torch.equal(fresh.state_dict()[k], v)

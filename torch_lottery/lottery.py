@@ -105,6 +105,10 @@ class LotteryTicket:
         layer_rates: per-round rate overrides ``{fqn or glob: rate}``, e.g. ``{"fc3.weight": 0.1}``
             to prune the output layer at half the rate. Overridden tensors are pruned on their own
             (also under ``scope="global"``, where the rest are ranked together).
+        layer_sparsity: per-tensor final sparsity overrides ``{fqn or glob: sparsity}``, reached
+            after ``rounds`` rounds (one round if ``rounds`` is ``None``): one-shot pruning to given
+            per-layer sparsities. When ``layer_rates`` and ``layer_sparsity`` together cover every
+            target, ``rate`` and ``sparsity`` may both be left out.
         criterion: ``"magnitude"`` (default), ``"random"``, ``"magnitude_increase"``, ``"movement"``
             or a callable, see :mod:`torch_lottery.scoring`.
         restore: what a rewind restores besides the pruned weights: ``"all"`` (every parameter and
@@ -158,6 +162,7 @@ class LotteryTicket:
         targets: TargetSelector = None,
         exclude: Sequence[str] = (),
         layer_rates: Optional[Mapping[str, float]] = None,
+        layer_sparsity: Optional[Mapping[str, float]] = None,
         criterion: Union[str, Criterion] = "magnitude",
         restore: str = "all",
         optimizer: Optional[torch.optim.Optimizer] = None,
@@ -173,14 +178,14 @@ class LotteryTicket:
             )
         sparsity = _check_fraction(sparsity, "sparsity")
         rate = _check_fraction(rate, "rate")
-        if (sparsity is None) == (rate is None):
+        if sparsity is not None and rate is not None:
             raise ValueError(
                 f"LotteryTicket(): sparsity={sparsity!r} and rate={rate!r}: give exactly one "
                 "(sparsity: final fraction pruned; rate: fraction of survivors pruned per round)"
             )
         if rounds is not None and (isinstance(rounds, bool) or not isinstance(rounds, int) or rounds < 1):
             raise ValueError(f"LotteryTicket(): rounds={rounds!r} must be a positive int or None")
-        if sparsity is not None and rounds is None:
+        if (sparsity is not None or layer_sparsity) and rounds is None:
             rounds = 1
         if scope not in _SCOPES:
             raise ValueError(f"LotteryTicket(): scope={scope!r} is not one of {list(_SCOPES)}")
@@ -230,7 +235,20 @@ class LotteryTicket:
         found = find_targets(self.model, targets, exclude)
         self._targets: list[Target] = found
         by_fqn = {t.fqn: t for t in found}
-        self._layer_rates = self._resolve_layer_rates(layer_rates, by_fqn)
+        self._layer_rates = self._resolve_overrides(layer_rates, by_fqn, "layer_rates")
+        self._layer_sparsity = self._resolve_overrides(layer_sparsity, by_fqn, "layer_sparsity")
+        both = sorted(set(self._layer_rates) & set(self._layer_sparsity))
+        if both:
+            raise ValueError(
+                f"LotteryTicket(): {both!r} are in both layer_rates and layer_sparsity; give each tensor one of them"
+            )
+        uncovered = [f for f in by_fqn if f not in self._layer_rates and f not in self._layer_sparsity]
+        if sparsity is None and rate is None and uncovered:
+            raise ValueError(
+                f"LotteryTicket(): sparsity=None and rate=None: give exactly one (sparsity: final fraction "
+                "pruned; rate: fraction of survivors pruned per round), or cover every target with "
+                f"layer_rates/layer_sparsity (not covered: {uncovered[:5]!r}{' ...' if len(uncovered) > 5 else ''})"
+            )
 
         self.sparsity_goal = sparsity
         self.rate = rate
@@ -265,24 +283,24 @@ class LotteryTicket:
 
     # ------------------------------------------------------------------ validation helpers
     @staticmethod
-    def _resolve_layer_rates(
-        layer_rates: Optional[Mapping[str, float]], by_fqn: Mapping[str, Target]
+    def _resolve_overrides(
+        overrides: Optional[Mapping[str, float]], by_fqn: Mapping[str, Target], arg: str
     ) -> dict[str, float]:
         import fnmatch
 
-        if layer_rates is None:
+        if overrides is None:
             return {}
-        if not isinstance(layer_rates, Mapping):
+        if not isinstance(overrides, Mapping):
             raise TypeError(
-                f"LotteryTicket(): layer_rates={layer_rates!r} must be a dict {{fqn or glob: rate}}"
+                f"LotteryTicket(): {arg}={overrides!r} must be a dict {{fqn or glob: fraction}}"
             )
         resolved: dict[str, float] = {}
-        for pattern, value in layer_rates.items():
-            r = _check_fraction(value, f"layer_rates[{pattern!r}]")
+        for pattern, value in overrides.items():
+            r = _check_fraction(value, f"{arg}[{pattern!r}]")
             hits = [f for f in by_fqn if fnmatch.fnmatchcase(f, pattern)]
             if not hits:
                 raise ValueError(
-                    f"LotteryTicket(): layer_rates key {pattern!r} matches no target; "
+                    f"LotteryTicket(): {arg} key {pattern!r} matches no target; "
                     f"targets are {list(by_fqn)}"
                 )
             for f in hits:
@@ -366,6 +384,7 @@ class LotteryTicket:
             "rewind": self.rewind,
             "targets": self.target_fqns,
             "layer_rates": dict(self._layer_rates),
+            "layer_sparsity": dict(self._layer_sparsity),
             "criterion": self._criterion_name,
             "restore": self.restore,
             "seed": self.seed,
@@ -485,25 +504,22 @@ class LotteryTicket:
             scores[fqn] = s
 
         new: dict[str, Tensor] = {}
-        groups: list[tuple[list[str], Optional[float]]] = []
-        if self.scope == "global":
-            together = [f for f in weights if f not in self._layer_rates]
-            if together:
-                groups.append((together, None))
-        else:
-            groups += [([f], None) for f in weights if f not in self._layer_rates]
-        groups += [([f], self._layer_rates[f]) for f in weights if f in self._layer_rates]
+        # Each group is ranked on its own: (fqns, rate, sparsity); one of the two is set.
+        groups: list[tuple[list[str], Optional[float], Optional[float]]] = []
+        plain = [f for f in weights if f not in self._layer_rates and f not in self._layer_sparsity]
+        if self.scope == "global" and plain:
+            groups.append((plain, self.rate, self.sparsity_goal))
+        elif self.scope == "layer":
+            groups += [([f], self.rate, self.sparsity_goal) for f in plain]
+        groups += [([f], self._layer_rates[f], None) for f in weights if f in self._layer_rates]
+        groups += [([f], None, self._layer_sparsity[f]) for f in weights if f in self._layer_sparsity]
         numel = {t.fqn: t.numel for t in self._targets}
-        for fqns, override in groups:
+        for fqns, rate, sparsity in groups:
             survivors = sum(int(masks[f].sum()) for f in fqns)
             total = sum(numel[f] for f in fqns)
-            if override is not None:
-                n = _round_count(survivors=survivors, total=total, done=self.round, rate=override, sparsity=None, rounds=None)
-            else:
-                n = _round_count(
-                    survivors=survivors, total=total, done=self.round,
-                    rate=self.rate, sparsity=self.sparsity_goal, rounds=self.rounds,
-                )
+            n = _round_count(
+                survivors=survivors, total=total, done=self.round, rate=rate, sparsity=sparsity, rounds=self.rounds
+            )
             new.update(prune_lowest({f: scores[f] for f in fqns}, {f: masks[f] for f in fqns}, n))
         new = self._sync_masks(new)
         return {t.fqn: new[t.fqn] for t in self._targets}
@@ -577,8 +593,8 @@ class LotteryTicket:
 
         Args:
             masks: FQN -> bool tensor for every target (see :attr:`target_fqns`).
-            rewind: also run :meth:`rewind_` (needs a snapshot: enter a block or call
-                :meth:`snapshot_` first).
+            rewind: also run :meth:`rewind_`. If no snapshot was taken yet, the model's current
+                weights become theta_0 first (so on a fresh model this is "masks on its init").
 
         Raises:
             ValueError: missing or unknown FQNs, wrong shapes; TypeError: non-bool masks.
@@ -605,11 +621,8 @@ class LotteryTicket:
                     f"LotteryTicket.set_masks_(): masks[{t.fqn!r}] has shape {tuple(m.shape)}, "
                     f"the tensor has {t.shape}"
                 )
-        if rewind and self._snapshot is None and self.rewind not in ("none", "reinit"):
-            raise RuntimeError(
-                "LotteryTicket.set_masks_(): rewind=True but there is no snapshot yet; call snapshot_() "
-                "(or enter a block) first, or pass rewind=False"
-            )
+        if rewind and self._snapshot is None:
+            self.snapshot_()  # nothing entered yet: the current weights are theta_0
         self._install_masks_(masks)
         if rewind:
             self.rewind_()
@@ -788,8 +801,14 @@ class LotteryTicket:
             "scheduler_state": copy.deepcopy(self._sched_state),
         }
 
-    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+    def load_state_dict(self, state: Mapping[str, Any], *, rewind: bool = False) -> None:
         """Restore what :meth:`state_dict` returned: masks are installed, the snapshot restored.
+
+        Args:
+            state: a :meth:`state_dict`.
+            rewind: also rewind the model to the restored snapshot (resuming between rounds
+                without a model checkpoint); leave ``False`` when you load the model's own
+                checkpoint next.
 
         Raises:
             ValueError: missing keys, targets or settings that differ from this ticket's,
@@ -800,7 +819,9 @@ class LotteryTicket:
         if missing:
             raise ValueError(f"LotteryTicket.load_state_dict(): state is missing {missing!r}; pass ticket.state_dict()")
         mine, theirs = self.config(), dict(state["config"])
-        differ = {k: (theirs.get(k), mine[k]) for k in ("targets", "scope", "rate", "sparsity", "rounds", "rewind", "restore") if theirs.get(k) != mine[k]}
+        keys = ("targets", "scope", "rate", "sparsity", "rounds", "rewind", "restore", "layer_rates", "layer_sparsity")
+        saved = {k: theirs.get(k, {} if k.startswith("layer_") else None) for k in keys}
+        differ = {k: (saved[k], mine[k]) for k in keys if saved[k] != mine[k]}
         if differ:
             raise ValueError(
                 f"LotteryTicket.load_state_dict(): settings differ (saved, this ticket): {differ!r}; "
@@ -828,9 +849,11 @@ class LotteryTicket:
         self._steps = int(state.get("steps", 0))
         self._opt_state = copy.deepcopy(state.get("optimizer_state"))
         self._sched_state = copy.deepcopy(state.get("scheduler_state"))
+        if rewind:
+            self.rewind_()
 
 
 _CONFIG_KEYS = (
-    "sparsity", "rate", "rounds", "scope", "rewind", "targets", "layer_rates",
+    "sparsity", "rate", "rounds", "scope", "rewind", "targets", "layer_rates", "layer_sparsity",
     "criterion", "restore", "seed", "snapshot_device", "backend",
 )

@@ -397,10 +397,9 @@ def _run_seed(
         return build_model(config.model, input_shape=data.input_shape, num_classes=data.num_classes, seed=seed)
 
     def new_ticket(model: nn.Module, rates: Mapping[str, float], seed: int) -> Any:
-        # layer_rates covers every target; the engine still wants one of rate/sparsity, so the
-        # fully-connected rate is passed as the (unused) default rate.
-        return LotteryTicket(model, rate=settings.fc_rate, scope="layer", layer_rates=dict(rates),
-                             targets=list(rates), rewind="init", seed=seed)
+        # layer_rates covers every target: the paper's per-layer rates, nothing global.
+        return LotteryTicket(model, scope="layer", layer_rates=dict(rates), targets=list(rates),
+                             rewind="init", seed=seed)
 
     def record(seed: int, kind: str, rnd: int, masks: Mapping[str, Tensor], result: dict[str, Any]) -> dict[str, Any]:
         kept, total, per = _remaining(masks)
@@ -426,8 +425,7 @@ def _run_seed(
     ticket = new_ticket(model, rates, seed)
     state_path = state_dir / f"seed{seed}-ticket.pt"
     if state_path.is_file():
-        ticket.load_state_dict(_load_tensors(state_path))
-        ticket.rewind_()  # load_state_dict installs masks and snapshot; the weights are rewound here
+        ticket.load_state_dict(_load_tensors(state_path), rewind=True)  # masks, snapshot, weights
         logger.info("seed %d: resumed the iterative ticket after round %d", seed, ticket.round)
     dense_path = state_dir / f"seed{seed}-dense-trained.pt"
 
@@ -455,21 +453,20 @@ def _run_seed(
         if "reinit" in config.controls and _run_key(seed, "reinit", rnd) not in done:
             other = new_model(1_000_000 + 1000 * seed + rnd)  # a fresh random initialization
             control = new_ticket(other, rates, seed)
-            control.snapshot_()  # the rewind point is this fresh initialization
-            control.set_masks_(masks, rewind=True)
+            control.set_masks_(masks)  # the rewind point is this fresh initialization
             record(seed, "reinit", rnd, masks, train(other, seed, "reinit", rnd))
         if "random" in config.controls and _run_key(seed, "random", rnd) not in done:
             other = new_model(seed)  # the ticket's theta_0
             control = new_ticket(other, rates, seed)
-            control.snapshot_()
             random_masks = random_masks_like(masks, seed=7919 * seed + rnd)
-            control.set_masks_(random_masks, rewind=True)
+            control.set_masks_(random_masks)
             record(seed, "random", rnd, random_masks, train(other, seed, "random", rnd))
         # --- one-shot pruning straight to this round's per-layer sparsity ---
         if rnd in config.oneshot_rounds and _run_key(seed, "oneshot", rnd) not in done:
             other = new_model(seed)  # theta_0
-            oneshot_rates = {k: 1.0 - (1.0 - r) ** rnd for k, r in rates.items()}
-            oneshot = new_ticket(other, oneshot_rates, seed)
+            # this round's per-layer sparsity, reached in one prune
+            oneshot = LotteryTicket(other, layer_sparsity={k: 1.0 - (1.0 - r) ** rnd for k, r in rates.items()},
+                                    targets=list(rates), scope="layer", rewind="init", seed=seed)
             with oneshot:  # "training" = loading the dense network's trained weights
                 other.load_state_dict(_load_tensors(dense_path))
             record(seed, "oneshot", rnd, oneshot.masks, train(other, seed, "oneshot", rnd))
