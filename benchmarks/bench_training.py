@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from _common import print_table
+from _common import median_time, print_table
 from _models import MODELS
 from torch_lottery import LotteryTicket
 
@@ -71,7 +71,7 @@ def main() -> int:
     rounds, steps = (2, 1) if args.smoke else (args.rounds, args.steps)
     print(f"torch {torch.__version__}, {args.threads} threads; sparsity 0.8; SGD momentum 0.9, wd 5e-4; "
           f"median over {rounds} interleaved rounds of {steps} steps\n")
-    rows, failures = [], []
+    rows, failures, passes = [], [], []
     for name in names:
         torch.manual_seed(0)
         dense, make_input = MODELS[name]()
@@ -123,6 +123,21 @@ def main() -> int:
             mem[key] = tensor_bytes(model, opts[key], extra)
         med = {k: statistics.median(v) for k, v in step_t.items()}
         imed = {k: statistics.median(v) for k, v in infer_t.items()}
+        # the baked backend's two per-step passes, timed alone (grads exist after the last step)
+        bmodel, bticket = variants["baked"]
+        params = [bticket.backend.parameter(t) for t in bticket.targets]
+        umasks = [bticket.backend._masks[t.fqn].view(torch.uint8) for t in bticket.targets]
+
+        def grad_pass() -> None:
+            with torch.no_grad():
+                for p, m in zip(params, umasks):
+                    p.grad.mul_(m)
+
+        passes.append([
+            name, f"{sum(p.numel() for p in params):,}", f"{med['dense'] * 1e3:.2f}",
+            f"{median_time(grad_pass, reps=rounds) / med['dense']:.1%}",
+            f"{median_time(lambda: bticket.backend._rezero_(opts['baked']), reps=rounds) / med['dense']:.1%}",
+        ])
         for key in ("dense", "prune", "baked"):
             rows.append([
                 name, key, f"{med[key] * 1e3:.2f}", f"{med[key] / med['dense']:.3f}x",
@@ -143,6 +158,8 @@ def main() -> int:
                 failures.append(f"{name}: prune and baked outputs differ")
     print_table(["model", "variant", "step ms", "step / dense", "infer ms", "infer / dense",
                  "tensor MiB", "memory / dense"], rows)
+    print("\nbaked backend, its two per-step passes timed alone, as a share of the dense step:")
+    print_table(["model", "masked weights", "dense step ms", "grad mask pass", "re-zero pass"], passes)
     if failures:
         print("\n".join(["INCORRECT:"] + failures), file=sys.stderr)
         return 1

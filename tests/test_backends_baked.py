@@ -192,3 +192,33 @@ def test_baked_state_dict_round_trip_resumes_masks():
     assert resumed.round == 1
     assert all(torch.equal(resumed.masks[k], ticket.masks[k]) for k in ticket.masks)
     assert torch.equal(fresh[0].weight, model[0].weight)
+
+
+def test_baked_model_can_be_deep_copied_after_a_forward_pass():
+    import copy
+
+    model = nn.Sequential(nn.Linear(4, 4), nn.Linear(4, 2))
+    ticket = LotteryTicket(model, rate=0.5, backend="baked")
+    with ticket:
+        pass
+    model(torch.randn(2, 4)).sum().backward()
+    clone = copy.deepcopy(model)  # prune's non-leaf `weight` attribute makes this fail there
+    for fqn, mask in ticket.masks.items():
+        assert torch.equal(clone.get_parameter(fqn), model.get_parameter(fqn))
+        assert (clone.get_parameter(fqn)[~mask] == 0).all()
+
+
+@pytest.mark.parametrize("numel", [1000, (1 << 18) * 2 + 123])
+def test_chunked_mask_multiply_equals_the_plain_product(numel):
+    from torch_lottery.backends import _mul_mask_
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(numel, generator=g)
+    mask = torch.rand(numel, generator=g) > 0.7
+    expected = x * mask
+    y = x.clone()
+    _mul_mask_(y, mask.view(torch.uint8))
+    assert torch.equal(y, expected)
+    out = torch.empty_like(x)
+    _mul_mask_(out, mask.view(torch.uint8), source=x)
+    assert torch.equal(out, expected)
