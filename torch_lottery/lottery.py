@@ -413,8 +413,7 @@ class LotteryTicket:
             raise RuntimeError("LotteryTicket.__enter__(): this ticket's block is already open; rounds do not nest")
         self._check_can_prune("__enter__")
         if self._snapshot is None:
-            self._snapshot = self._take_snapshot()
-            self._opt_state, self._sched_state = self._take_optim_state()
+            self.snapshot_()
         if not self._rewind_captured:
             self._steps = 0
             self._install_step_hooks()
@@ -676,8 +675,7 @@ class LotteryTicket:
 
     def mark_rewind_point(self) -> None:
         """Make the current state the rewind point (theta_k): weights, optimizer and scheduler."""
-        self._snapshot = self._take_snapshot()
-        self._opt_state, self._sched_state = self._take_optim_state()
+        self.snapshot_()
         self._rewind_captured = True
         self._sched_pending = False
         logger.info("rewind point captured after %d optimizer steps", self._steps)
