@@ -27,8 +27,8 @@ def mask_overlap(a: Mapping[str, Tensor], b: Mapping[str, Tensor]) -> float:
         0.3333333333333333
     """
     _check(a, b, "mask_overlap")
-    both = sum(int((a[k].bool() & b[k].bool().to(a[k].device)).sum()) for k in a)
-    either = sum(int((a[k].bool() | b[k].bool().to(a[k].device)).sum()) for k in a)
+    both = sum(int(torch.count_nonzero(a[k].bool() & b[k].bool().to(a[k].device))) for k in a)
+    either = sum(int(torch.count_nonzero(a[k].bool() | b[k].bool().to(a[k].device))) for k in a)
     return both / either if either else 1.0
 
 
@@ -44,6 +44,6 @@ def mask_distance(a: Mapping[str, Tensor], b: Mapping[str, Tensor]) -> float:
         0.5
     """
     _check(a, b, "mask_distance")
-    differ = sum(int((a[k].bool() != b[k].bool().to(a[k].device)).sum()) for k in a)
+    differ = sum(int(torch.count_nonzero(a[k].bool() != b[k].bool().to(a[k].device))) for k in a)
     total = sum(a[k].numel() for k in a)
     return differ / total if total else 0.0

@@ -37,7 +37,7 @@ def random_masks_like(masks: Mapping[str, Tensor], *, seed: int = 0) -> dict[str
     for key, mask in masks.items():
         if mask.dtype != torch.bool:
             raise TypeError(f"random_masks_like(): masks[{key!r}] has dtype {mask.dtype}; pass bool masks")
-        keep = int(mask.sum())
+        keep = int(torch.count_nonzero(mask))
         flat = torch.zeros(mask.numel(), dtype=torch.bool)
         flat[torch.randperm(mask.numel(), generator=generator)[:keep]] = True
         out[key] = flat.reshape(mask.shape).to(mask.device)

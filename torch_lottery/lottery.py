@@ -332,7 +332,7 @@ class LotteryTicket:
     def sparsity(self) -> float:
         """Fraction of the target weights pruned, over all targets."""
         total = sum(t.numel for t in self._targets)
-        alive = sum(int(m.sum()) for m in self.masks.values())
+        alive = sum(int(torch.count_nonzero(m)) for m in self.masks.values())
         return 1.0 - alive / total
 
     @property
@@ -349,7 +349,7 @@ class LotteryTicket:
         """One row per target: ``fqn``, ``shape``, ``numel``, ``remaining``, ``sparsity``."""
         rows = []
         for t, mask in zip(self._targets, self.masks.values()):
-            remaining = int(mask.sum())
+            remaining = int(torch.count_nonzero(mask))
             rows.append(
                 {
                     "fqn": t.fqn,
@@ -496,7 +496,7 @@ class LotteryTicket:
                     f"{getattr(s, 'shape', type(s).__name__)} for {fqn!r} of shape {tuple(w.shape)}; "
                     "return one score per weight"
                 )
-            if torch.isnan(s[masks[fqn]]).any():
+            if torch.isnan(s).any() and torch.isnan(s[masks[fqn]]).any():  # cheap check first
                 raise ValueError(
                     f"LotteryTicket.prune_(): criterion={self._criterion_name!r} returned NaN scores for {fqn!r}"
                 )
@@ -514,7 +514,7 @@ class LotteryTicket:
         groups += [([f], None, self._layer_sparsity[f]) for f in weights if f in self._layer_sparsity]
         numel = {t.fqn: t.numel for t in self._targets}
         for fqns, rate, sparsity in groups:
-            survivors = sum(int(masks[f].sum()) for f in fqns)
+            survivors = sum(int(torch.count_nonzero(masks[f])) for f in fqns)
             total = sum(numel[f] for f in fqns)
             n = _round_count(
                 survivors=survivors, total=total, done=self.round, rate=rate, sparsity=sparsity, rounds=self.rounds
@@ -576,7 +576,7 @@ class LotteryTicket:
             self._backend.commit_()  # the backend may drop what a rollback needed
 
     def _record(self, masks: Mapping[str, Tensor]) -> dict[str, Any]:
-        per_tensor = {fqn: int(m.sum()) for fqn, m in masks.items()}
+        per_tensor = {fqn: int(torch.count_nonzero(m)) for fqn, m in masks.items()}
         total = sum(t.numel for t in self._targets)
         remaining = sum(per_tensor.values())
         return {

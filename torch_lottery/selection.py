@@ -47,7 +47,7 @@ def _validate(scores: Mapping[str, Tensor], masks: Mapping[str, Tensor], n: int)
         n = operator.index(n)
     except TypeError:
         raise TypeError(f"prune_lowest(): n={n!r} is not an integer; pass how many entries to prune") from None
-    survivors = sum(int(m.to(torch.bool).sum()) for m in masks.values())
+    survivors = sum(int(torch.count_nonzero(m)) for m in masks.values())
     if not 0 <= n <= survivors:
         raise ValueError(f"prune_lowest(): n={n!r} is outside [0, {survivors}] (the surviving entries)")
     return n, survivors

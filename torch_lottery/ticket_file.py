@@ -190,7 +190,7 @@ def _mask_summary(masks: Mapping[str, Tensor]) -> list[dict[str, Any]]:
     rows = []
     for fqn, mask in masks.items():
         numel = mask.numel()
-        remaining = int(mask.sum())
+        remaining = int(torch.count_nonzero(mask))
         rows.append(
             {
                 "fqn": fqn,
