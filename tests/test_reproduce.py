@@ -273,3 +273,14 @@ def test_adding_seeds_reuses_the_finished_ones(tmp_path: Path, data) -> None:
     assert [r for r in both if r["seed"] == 0] == first
     assert json.loads((tmp_path / "config.json").read_text())["seeds"] == [0, 1]
     assert run_experiment(one, data, tmp_path) == first  # a subset of seeds returns only those
+
+
+def test_cli_reports_missing_data_without_a_traceback(tmp_path, capsys):
+    from torch_lottery.cli import main
+
+    rc = main(["reproduce", "--dataset", "mnist", "--data-dir", str(tmp_path / "nodata"), "--out", str(tmp_path / "out"),
+               "--iterations", "10", "--rounds", "1", "--seeds", "1", "--no-progress", "--no-plots"])
+    err = capsys.readouterr().err
+    assert rc == 2
+    assert "torch-lottery reproduce: error: load_dataset(): name='mnist' not found under root=" in err
+    assert "Traceback" not in err

@@ -199,8 +199,12 @@ def _cmd_reproduce(args: argparse.Namespace) -> int:
     if config.profile != "full":
         print("  NOTE: reduced budget (not the paper's); numbers are indicative. Use --full for the paper's budget.")
 
-    data = load_dataset(config.dataset, root=args.data_dir, download=args.download,
-                        validation_size=config.validation_size, train_limit=config.train_limit)
+    try:
+        data = load_dataset(config.dataset, root=args.data_dir, download=args.download,
+                            validation_size=config.validation_size, train_limit=config.train_limit)
+    except (RuntimeError, OSError, ValueError) as exc:
+        print(f"torch-lottery reproduce: error: {exc}", file=sys.stderr)
+        return 2
     finished = {(r["seed"], r["kind"], r["round"]) for r in rp.load_results(out)}
     pending = [run for run in rp.planned_runs(config) if run not in finished]
     if finished:
