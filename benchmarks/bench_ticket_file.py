@@ -18,16 +18,16 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import sys
 import tempfile
-import time
 from typing import Any, Callable
 
 import _common  # noqa: F401  (puts the checkout on sys.path)
 import safetensors.torch
 import torch
 from torch import nn
+
+from _common import median_time
 
 from torch_lottery import LotteryTicket, load_ticket
 
@@ -45,22 +45,13 @@ def _effective(model: nn.Module) -> dict[str, torch.Tensor]:
     return out
 
 
-def _median_time(fn: Callable[[], Any], repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
-
-
 def run(factory: Callable[[], nn.Module], sparsities: list[float], repeats: int, directory: str) -> dict[str, Any]:
     torch.manual_seed(0)
     baseline_path = os.path.join(directory, "dense_state_dict.safetensors")
     dense_model = factory()
-    save_s = _median_time(lambda: safetensors.torch.save_model(dense_model, baseline_path), repeats)
+    save_s = median_time(lambda: safetensors.torch.save_model(dense_model, baseline_path), reps=repeats, warmup=0)
     fresh = factory()
-    load_s = _median_time(lambda: safetensors.torch.load_model(fresh, baseline_path), repeats)
+    load_s = median_time(lambda: safetensors.torch.load_model(fresh, baseline_path), reps=repeats, warmup=0)
     baseline = {"bytes": os.path.getsize(baseline_path), "save_s": save_s, "load_s": load_s}
     rows = []
     for sparsity in sparsities:
@@ -70,10 +61,10 @@ def run(factory: Callable[[], nn.Module], sparsities: list[float], repeats: int,
             pass
         for encoding in ("compact", "dense"):
             path = os.path.join(directory, f"ticket_{sparsity}_{encoding}.safetensors")
-            save_s = _median_time(lambda: ticket.save(path, encoding=encoding), repeats)
+            save_s = median_time(lambda: ticket.save(path, encoding=encoding), reps=repeats, warmup=0)
             models = [factory() for _ in range(repeats)]
             loaded = []
-            load_s = _median_time(lambda: loaded.append(load_ticket(path, models[len(loaded)])), repeats)
+            load_s = median_time(lambda: loaded.append(load_ticket(path, models[len(loaded)])), reps=repeats, warmup=0)
             for other in loaded:  # correctness after timing
                 assert all(torch.equal(other.masks[k], m) for k, m in ticket.masks.items())
                 expected, actual = _effective(ticket.model), _effective(other.model)
