@@ -34,10 +34,27 @@ _INPUTS = {
 _MODELS = {"mlp": _mlp, "conv": _conv, "encoder": _encoder}
 
 
+# Every optimizer the baked backends treat as elementwise (the re-zeroing pass is skipped once a
+# step started clean), with the options that change its update rule switched on.
+_OPTIMIZERS = {
+    "sgd": lambda ps: torch.optim.SGD(ps, lr=0.05, momentum=0.9, weight_decay=1e-2),
+    "adam": lambda ps: torch.optim.Adam(ps, lr=1e-2, weight_decay=1e-2),
+    "sgd-nesterov": lambda ps: torch.optim.SGD(ps, lr=0.05, momentum=0.9, nesterov=True, dampening=0, weight_decay=1e-2),
+    "adam-amsgrad": lambda ps: torch.optim.Adam(ps, lr=1e-2, amsgrad=True),
+    "adamw": lambda ps: torch.optim.AdamW(ps, lr=1e-2, weight_decay=0.1),
+    "adamax": lambda ps: torch.optim.Adamax(ps, lr=1e-2, weight_decay=1e-2),
+    "nadam": lambda ps: torch.optim.NAdam(ps, lr=1e-2, weight_decay=1e-2, decoupled_weight_decay=True),
+    "radam": lambda ps: torch.optim.RAdam(ps, lr=1e-2, weight_decay=1e-2),
+    "adagrad": lambda ps: torch.optim.Adagrad(ps, lr=0.05, lr_decay=1e-3, initial_accumulator_value=0.1),
+    "rmsprop": lambda ps: torch.optim.RMSprop(ps, lr=1e-2, momentum=0.5, centered=True, weight_decay=1e-2),
+    "adadelta": lambda ps: torch.optim.Adadelta(ps, lr=0.5, weight_decay=1e-2),
+    "asgd": lambda ps: torch.optim.ASGD(ps, lr=0.05, t0=2, weight_decay=1e-2),
+    "rprop": lambda ps: torch.optim.Rprop(ps, lr=1e-2),
+}
+
+
 def _optimizer(kind: str, model: nn.Module) -> torch.optim.Optimizer:
-    if kind == "sgd":
-        return torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, weight_decay=1e-2)
-    return torch.optim.Adam(model.parameters(), lr=1e-2, weight_decay=1e-2)
+    return _OPTIMIZERS[kind](model.parameters())
 
 
 def _train_imp(backend: str, model_kind: str, opt_kind: str, *, pass_optimizer: bool):
@@ -62,18 +79,32 @@ def _train_imp(backend: str, model_kind: str, opt_kind: str, *, pass_optimizer: 
     return ticket, {t.fqn: ticket.backend.weight(t) for t in ticket.targets}, out
 
 
-@pytest.mark.parametrize("model_kind", ["mlp", "conv", "encoder"])
-@pytest.mark.parametrize("opt_kind", ["sgd", "adam"])
-@pytest.mark.parametrize("pass_optimizer", [True, False])
-def test_baked_trains_bitwise_identically_to_prune(model_kind, opt_kind, pass_optimizer):
+def _assert_same_training(backend, model_kind, opt_kind, pass_optimizer):
     t_prune, w_prune, out_prune = _train_imp("prune", model_kind, opt_kind, pass_optimizer=pass_optimizer)
-    t_baked, w_baked, out_baked = _train_imp("baked", model_kind, opt_kind, pass_optimizer=pass_optimizer)
+    t_baked, w_baked, out_baked = _train_imp(backend, model_kind, opt_kind, pass_optimizer=pass_optimizer)
     assert t_baked.round == t_prune.round == 2
     for fqn in w_prune:
         assert torch.equal(t_baked.masks[fqn], t_prune.masks[fqn]), fqn
         assert torch.equal(w_baked[fqn], w_prune[fqn]), fqn
+        assert bool((t_baked.backend.parameter(t_baked.targets[0]).detach()[~t_baked.masks[t_baked.targets[0].fqn]] == 0).all())
     assert torch.equal(out_baked, out_prune)
     assert abs(t_baked.sparsity - 0.64) < 0.01
+
+
+@pytest.mark.parametrize("backend", ["baked", "baked-bits"])
+@pytest.mark.parametrize("model_kind", ["mlp", "conv", "encoder"])
+@pytest.mark.parametrize("opt_kind", ["sgd", "adam"])
+@pytest.mark.parametrize("pass_optimizer", [True, False])
+def test_baked_trains_bitwise_identically_to_prune(backend, model_kind, opt_kind, pass_optimizer):
+    _assert_same_training(backend, model_kind, opt_kind, pass_optimizer)
+
+
+@pytest.mark.parametrize("backend", ["baked", "baked-bits"])
+@pytest.mark.parametrize("opt_kind", sorted(set(_OPTIMIZERS) - {"sgd", "adam"}))
+def test_every_elementwise_optimizer_trains_bitwise_identically_to_prune(backend, opt_kind):
+    # the optimizer is not given to the ticket: its state carries over into round 2 and the
+    # final training, nonzero at the newly pruned entries, so the first step must clean it
+    _assert_same_training(backend, "mlp", opt_kind, False)
 
 
 def test_baked_parameter_holds_zeros_and_keeps_identity_and_plain_keys():
@@ -173,7 +204,7 @@ def test_baked_refuses_a_model_with_prune_reparametrization():
 
 
 def test_unknown_backend_lists_baked():
-    with pytest.raises(ValueError, match=r"backend='bits' is not a mask backend; choose one of \['baked', 'prune'\]"):
+    with pytest.raises(ValueError, match=r"backend='bits' is not a mask backend; choose one of \['baked', 'baked-bits', 'prune'\]"):
         LotteryTicket(_mlp(), rate=0.5, backend="bits")
 
 
@@ -210,15 +241,163 @@ def test_baked_model_can_be_deep_copied_after_a_forward_pass():
 
 @pytest.mark.parametrize("numel", [1000, (1 << 18) * 2 + 123])
 def test_chunked_mask_multiply_equals_the_plain_product(numel):
-    from torch_lottery.backends import _mul_mask_
+    from torch_lottery.masking import mul_bits_, mul_bytes_, pack_bits
 
     g = torch.Generator().manual_seed(0)
     x = torch.randn(numel, generator=g)
     mask = torch.rand(numel, generator=g) > 0.7
     expected = x * mask
-    y = x.clone()
-    _mul_mask_(y, mask.view(torch.uint8))
-    assert torch.equal(y, expected)
-    out = torch.empty_like(x)
-    _mul_mask_(out, mask.view(torch.uint8), source=x)
-    assert torch.equal(out, expected)
+    for mul_, stored in ((mul_bytes_, mask), (mul_bits_, pack_bits(mask))):
+        y = x.clone()
+        mul_(y, stored)
+        assert torch.equal(y, expected)
+        out = torch.empty_like(x)
+        mul_(out, stored, source=x)
+        assert torch.equal(out, expected)
+
+
+# -- keeping pruned entries at zero: the re-zeroing pass runs when something changed, and only then
+
+
+def _pruned(backend: str = "baked", opt_kind: str = "sgd"):
+    torch.manual_seed(0)
+    model = _mlp()
+    ticket = LotteryTicket(model, rate=0.5, backend=backend)
+    with ticket:
+        pass
+    return model, ticket, _optimizer(opt_kind, model)
+
+
+def _step(model: nn.Module, opt: torch.optim.Optimizer, seed: int = 0) -> None:
+    opt.zero_grad()
+    model(torch.randn(4, 12, generator=torch.Generator().manual_seed(seed))).pow(2).sum().backward()
+    opt.step()
+
+
+def _assert_pruned_zero(model: nn.Module, ticket: LotteryTicket, opt: torch.optim.Optimizer | None = None) -> None:
+    for t in ticket.targets:
+        p, pruned = model.get_parameter(t.fqn), ~ticket.masks[t.fqn]
+        assert int(pruned.sum()) > 0
+        assert bool((p.detach()[pruned] == 0).all()), t.fqn
+        if opt is not None:
+            for key, value in opt.state[p].items():
+                if isinstance(value, torch.Tensor) and value.shape == p.shape:
+                    assert bool((value[pruned] == 0).all()), (t.fqn, key)
+
+
+def _versions(model: nn.Module, ticket: LotteryTicket) -> list[int]:
+    return [model.get_parameter(t.fqn)._version for t in ticket.targets]
+
+
+@pytest.mark.parametrize("backend", ["baked", "baked-bits"])
+def test_clean_steps_write_each_weight_once_and_a_rewind_makes_the_next_step_rezero(backend):
+    model, ticket, opt = _pruned(backend)
+    _step(model, opt)  # the first step after pruning re-zeroes (the optimizer was never seen clean)
+    for seed in range(1, 4):
+        before = _versions(model, ticket)
+        _step(model, opt, seed)
+        # one in-place write per weight: the optimizer's own update, no re-zeroing pass
+        assert [a - b for a, b in zip(_versions(model, ticket), before)] == [1, 1]
+    _assert_pruned_zero(model, ticket, opt)
+    ticket.rewind_()
+    before = _versions(model, ticket)
+    _step(model, opt, 9)
+    assert [a - b for a, b in zip(_versions(model, ticket), before)] == [2, 2]  # update + re-zeroing
+    _assert_pruned_zero(model, ticket, opt)
+
+
+def test_optimizer_state_loaded_from_a_dense_run_is_cleaned_at_the_next_step():
+    model, ticket, opt = _pruned()
+    _step(model, opt)
+    dense = _mlp()
+    dense_opt = _optimizer("sgd", dense)
+    _step(dense, dense_opt)  # momenta nonzero everywhere
+    opt.load_state_dict(dense_opt.state_dict())
+    assert bool((opt.state[model[0].weight]["momentum_buffer"] != 0).all())
+    for seed in range(3):
+        _step(model, opt, seed)
+        _assert_pruned_zero(model, ticket, opt)
+
+
+@pytest.mark.parametrize("write", ["weight copy_", "model load_state_dict", "grad assigned", "grad edited", "state edited"])
+def test_writes_between_steps_are_seen_and_rezeroed_at_the_next_step(write):
+    model, ticket, opt = _pruned()
+    for seed in range(2):
+        _step(model, opt, seed)
+    w = model[0].weight
+    if write == "weight copy_":
+        with torch.no_grad():
+            w.copy_(torch.ones_like(w))
+    elif write == "model load_state_dict":
+        model.load_state_dict({k: torch.ones_like(v) for k, v in model.state_dict().items()})
+    elif write == "state edited":
+        opt.state[w]["momentum_buffer"].fill_(1.0)
+    opt.zero_grad()
+    model(torch.randn(4, 12)).pow(2).sum().backward()
+    if write == "grad assigned":  # e.g. gradients computed elsewhere and copied in
+        w.grad = torch.ones_like(w)
+    elif write == "grad edited":  # e.g. DP-SGD noise added after backward
+        w.grad.add_(1.0)
+    opt.step()
+    _assert_pruned_zero(model, ticket, opt)
+    _step(model, opt, 5)
+    _assert_pruned_zero(model, ticket, opt)
+
+
+def test_writes_through_data_need_refresh():
+    model, ticket, opt = _pruned()
+    for seed in range(2):
+        _step(model, opt, seed)
+    model[0].weight.data.fill_(1.0)  # .data bypasses the version counter: not seen
+    _step(model, opt, 3)
+    assert bool((model[0].weight.detach()[~ticket.masks["0.weight"]] != 0).all())
+    ticket.refresh_()
+    _assert_pruned_zero(model, ticket)
+
+
+class _NoisySGD(torch.optim.SGD):
+    """A subclass with its own step that moves every entry: only exact types count as elementwise."""
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            for p in group["params"]:
+                if p.grad is not None:
+                    p.add_(p.grad, alpha=-group["lr"]).add_(0.01)
+        return loss
+
+
+@pytest.mark.parametrize("make", [
+    lambda ps: _NoisySGD(ps, lr=0.05),
+    lambda ps: torch.optim.LBFGS(ps, lr=0.1, max_iter=3),
+], ids=["sgd-subclass", "lbfgs"])
+def test_other_optimizers_are_rezeroed_after_every_step(make):
+    model, ticket, _ = _pruned()
+    opt = make(model.parameters())
+    x = torch.randn(4, 12, generator=torch.Generator().manual_seed(0))
+
+    def closure():
+        opt.zero_grad()
+        loss = model(x).pow(2).sum()
+        loss.backward()
+        return loss
+
+    for _ in range(4):
+        opt.step(closure)
+        _assert_pruned_zero(model, ticket)
+
+
+def test_bits_backend_stores_one_bit_per_weight_and_reads_back_the_same_masks():
+    model, ticket, _ = _pruned("baked-bits")
+    reference, ref_ticket, _ = _pruned("baked")
+    stored = ticket.backend.mask_tensors()
+    assert [m.dtype for m in stored] == [torch.uint8, torch.uint8]
+    assert [m.numel() for m in stored] == [(16 * 12 + 7) // 8, (4 * 16 + 7) // 8]
+    assert ticket.config()["backend"] == "baked-bits"
+    for fqn, mask in ref_ticket.masks.items():
+        assert torch.equal(ticket.masks[fqn], mask)
+        assert torch.equal(model.get_parameter(fqn), reference.get_parameter(fqn))

@@ -10,6 +10,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils import prune
 
+from .masking import mul_bits_, mul_bytes_, pack_bits, unpack_bits
 from .targets import Target, get_place
 
 __all__ = ["BACKENDS", "BakedBackend", "MaskBackend", "PruneBackend", "make_backend"]
@@ -218,35 +219,76 @@ class PruneBackend(MaskBackend):
                 del self._reader_hooks[key]
 
 
+# Optimizers whose update of an entry depends only on that entry's parameter, gradient and state
+# (and on scalars), and is exactly zero where all three are zero. Exact types only: a subclass may
+# override step(). After one step that started from a clean state (pruned parameters, gradients
+# and state entries all zero), pruned entries stay zero with no re-zeroing pass.
+_ELEMENTWISE_OPTIMIZERS = frozenset(
+    getattr(torch.optim, name)
+    for name in ("SGD", "Adam", "AdamW", "Adamax", "NAdam", "RAdam", "Adagrad", "RMSprop", "Adadelta", "ASGD", "Rprop")
+    if hasattr(torch.optim, name)
+)
+
+
+class _Clean:
+    """What a clean step of one optimizer left behind: the versions that must not change until the next."""
+
+    __slots__ = ("epoch", "params")
+
+    def __init__(self, epoch: int) -> None:
+        self.epoch = epoch
+        # id(param) -> (param._version, ((state tensor ref, its _version), ...))
+        self.params: dict[int, tuple[int, tuple[tuple[weakref.ref, int], ...]]] = {}
+
+
 class BakedBackend(MaskBackend):
     """Masks baked into the weights: the Parameter itself holds zeros where pruned.
 
     No reparametrization and no forward hook: the forward pass costs what the dense one does and
     the model's ``state_dict`` keeps its plain keys. Each masked Parameter (same object, so
     optimizers stay valid) gets a post-accumulate-grad hook that zeroes the pruned entries of its
-    ``.grad`` in place (so gradient clipping sees what the prune backend's ``*_orig`` sees),
-    and after every step of an optimizer that owns a masked Parameter the pruned entries are
-    multiplied by the mask again (momentum or Adam moments would otherwise revive them). Masks are
-    bool tensors kept on the parameter's device, 1 byte per masked weight.
+    ``.grad`` in place, so gradient clipping sees what the prune backend's ``*_orig`` sees.
 
-    With optimizers that update each entry on its own (SGD, Adam, AdamW, RMSprop, ...), training
-    is bitwise identical to :class:`PruneBackend`. Optimizers that mix entries (LBFGS, or any that
-    normalize by a tensor norm) see zeros here where prune's ``*_orig`` keeps the pruned values.
-    Gradients taken with ``torch.autograd.grad`` (not accumulated into ``.grad``) are not masked.
-    Writes to the weights outside an optimizer step (``p -= lr * p.grad``) are not re-masked
-    until the next optimizer step or rewind. ``unapply_`` can only return the raw values of the
-    entries pruned by the latest ``apply_`` that has not been followed by ``commit_``.
+    Keeping pruned entries at zero through optimizer steps costs one pass only when needed. After
+    a step of an optimizer that updates each entry on its own (exactly ``SGD``, ``Adam``,
+    ``AdamW``, ``Adamax``, ``NAdam``, ``RAdam``, ``Adagrad``, ``RMSprop``, ``Adadelta``,
+    ``ASGD``, ``Rprop``), an entry whose weight, gradient and optimizer state are zero stays
+    zero. So the first step after anything changes (a new mask, a rewind, an optimizer or model
+    ``load_state_dict``, an in-place write to a weight, its gradient or the optimizer state, seen
+    through tensor version counters) re-zeroes the pruned weights and the pruned entries of the
+    optimizer's same-shaped state tensors; later steps skip the pass. Any other optimizer (LBFGS,
+    subclasses, optimizers that mix entries) gets the re-zeroing pass after every step. Writes
+    through ``.data`` bypass version counters: call :meth:`refresh_` (``ticket.refresh_()``)
+    after them.
+
+    Masks live on the parameter's device, as bool tensors (``bits=False``, 1 byte per masked
+    weight, backend ``"baked"``) or bit-packed (``bits=True``, 1 bit per masked weight, backend
+    ``"baked-bits"``: about 1/8 of the mask memory for a slower multiply).
+
+    With the optimizers above, training is bitwise identical to :class:`PruneBackend`.
+    Optimizers that mix entries (LBFGS, or any that normalize by a tensor norm) see zeros here
+    where prune's ``*_orig`` keeps the pruned values. Gradients taken with ``torch.autograd.grad``
+    (not accumulated into ``.grad``) are not masked. ``unapply_`` can only return the raw values
+    of the entries pruned by the latest ``apply_`` that has not been followed by ``commit_``.
     """
 
     name = "baked"
 
-    def __init__(self, model: nn.Module) -> None:
+    def __init__(self, model: nn.Module, *, bits: bool = False) -> None:
         super().__init__(model)
-        self._masks: dict[str, Tensor] = {}
+        self.bits = bits
+        if bits:
+            self.name = "baked-bits"
+        self._masks: dict[str, Tensor] = {}  # fqn -> bool mask, or pack_bits(mask)
         self._grad_hooks: dict[str, torch.utils.hooks.RemovableHandle] = {}
-        self._params: dict[int, tuple[nn.Parameter, Tensor]] = {}  # id(param) -> (param, mask)
+        self._params: dict[int, tuple[nn.Parameter, Tensor]] = {}  # id(param) -> (param, stored mask)
         self._undo: dict[str, Tensor] = {}  # fqn -> raw values before the latest uncommitted apply_
-        self._step_hook: torch.utils.hooks.RemovableHandle | None = None
+        self._step_hooks: list[torch.utils.hooks.RemovableHandle] = []
+        # dirty tracking: any change through this backend bumps the epoch and voids every record
+        self._epoch = 0
+        self._clean: weakref.WeakKeyDictionary[torch.optim.Optimizer, _Clean] = weakref.WeakKeyDictionary()
+        self._pending: weakref.WeakKeyDictionary[torch.optim.Optimizer, tuple[bool, list]] = weakref.WeakKeyDictionary()
+        self._grads: dict[int, tuple[weakref.ref, int]] = {}  # id(param) -> (its masked .grad, _version)
 
     def _check_plain(self, target: Target) -> nn.Parameter:
         owner = get_place(self.model, target.module_name)
@@ -257,6 +299,13 @@ class BakedBackend(MaskBackend):
                 "installed?); use backend='prune', or prune.remove() it first"
             )
         return param
+
+    def _mul_(self, x: Tensor, stored: Tensor, source: Tensor | None = None) -> None:
+        (mul_bits_ if self.bits else mul_bytes_)(x, stored, source=source)
+
+    def mask_tensors(self) -> list[Tensor]:
+        """The stored masks (bool, or packed bits): what the masks cost in memory."""
+        return list(self._masks.values())
 
     def is_masked(self, target: Target) -> bool:
         self._check_plain(target)
@@ -270,7 +319,9 @@ class BakedBackend(MaskBackend):
                 f"BakedBackend.apply_(): mask for {target.fqn!r} has shape {tuple(mask.shape)}, "
                 f"the parameter has {tuple(param.shape)}"
             )
+        new = pack_bits(mask) if self.bits else mask.contiguous()
         stored = self._masks.get(target.fqn)
+        self._epoch += 1
         with torch.no_grad():
             undo = self._undo.get(target.fqn)
             if undo is None:  # keep the raw values until commit_(), for a rollback
@@ -278,14 +329,14 @@ class BakedBackend(MaskBackend):
             else:  # a second apply_ before commit_ (a rollback): start from the raw values
                 param.copy_(undo)
             if stored is None:
-                stored = self._masks[target.fqn] = mask.clone()
+                stored = self._masks[target.fqn] = new.clone() if new is mask else new
                 self._grad_hooks[target.fqn] = param.register_post_accumulate_grad_hook(
-                    functools.partial(_mask_grad_, stored.view(torch.uint8))
+                    functools.partial(_mask_grad_, weakref.ref(self), stored)
                 )
                 self._params[id(param)] = (param, stored)
             else:
-                stored.copy_(mask)
-            param.mul_(stored)
+                stored.copy_(new)
+            self._mul_(param, stored)
         self._watch_steps()
 
     def unapply_(self, target: Target) -> None:
@@ -305,30 +356,35 @@ class BakedBackend(MaskBackend):
         stored = self._masks.get(target.fqn)
         if stored is None:
             return torch.ones(target.shape, dtype=torch.bool, device=self.parameter(target).device)
-        return stored.clone()
+        return unpack_bits(stored, target.shape) if self.bits else stored.clone()
 
     def parameter(self, target: Target) -> nn.Parameter:
         return self._check_plain(target)
 
     def weight(self, target: Target) -> Tensor:
         param = self._check_plain(target).detach()
-        stored = self._masks.get(target.fqn)
-        return param if stored is None else param * stored
+        if target.fqn not in self._masks:
+            return param
+        out = torch.empty_like(param, memory_format=torch.contiguous_format)
+        self._mul_(out, self._masks[target.fqn], source=param.contiguous())
+        return out
 
     def refresh_(self, target: Target) -> None:
         stored = self._masks.get(target.fqn)
         if stored is not None:
+            self._epoch += 1
             with torch.no_grad():
-                _mul_mask_(self._check_plain(target), stored.view(torch.uint8))
+                self._mul_(self._check_plain(target), stored)
 
     def load_(self, target: Target, value: Tensor) -> None:
         param = self._check_plain(target)
         stored = self._masks.get(target.fqn)
+        self._epoch += 1
         if stored is None or value.device != param.device or value.dtype != param.dtype:
             super().load_(target, value)
             return
         with torch.no_grad():  # one pass: param = value * mask
-            _mul_mask_(param, stored.view(torch.uint8), source=value)
+            self._mul_(param, stored, source=value.contiguous())
 
     def remove_(self, target: Target) -> None:
         if target.fqn in self._masks:
@@ -337,73 +393,128 @@ class BakedBackend(MaskBackend):
             self._forget(target.fqn, self._check_plain(target))
 
     def _forget(self, fqn: str, param: nn.Parameter) -> None:
+        self._epoch += 1
         del self._masks[fqn]
         self._grad_hooks.pop(fqn).remove()
         self._params.pop(id(param), None)
-        if not self._masks and self._step_hook is not None:
-            self._step_hook.remove()
-            self._step_hook = None
+        self._grads.pop(id(param), None)
+        if not self._masks:
+            for handle in self._step_hooks:
+                handle.remove()
+            self._step_hooks = []
 
-    # -- re-zeroing after optimizer steps ---------------------------------------------------
+    # -- keeping pruned entries at zero through optimizer steps -----------------------------
     def _watch_steps(self) -> None:
-        if self._step_hook is not None:
+        if self._step_hooks:
             return
-        from torch.optim.optimizer import register_optimizer_step_post_hook
+        from torch.optim.optimizer import register_optimizer_step_post_hook, register_optimizer_step_pre_hook
 
         this = weakref.ref(self)
+
+        def before_step(optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
+            backend = this()
+            if backend is not None:
+                backend._before_step(optimizer)
 
         def after_step(optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
             backend = this()
             if backend is not None:
-                backend._rezero_(optimizer)
+                backend._after_step(optimizer)
 
-        handle = register_optimizer_step_post_hook(after_step)
-        weakref.finalize(self, handle.remove)
-        self._step_hook = handle
+        handles = [register_optimizer_step_pre_hook(before_step), register_optimizer_step_post_hook(after_step)]
+        for handle in handles:
+            weakref.finalize(self, handle.remove)
+        self._step_hooks = handles
 
-    def _rezero_(self, optimizer: torch.optim.Optimizer) -> None:
-        """Multiply the masked parameters ``optimizer`` owns by their masks, in one foreach call."""
-        params, masks = [], []
+    def _owned(self, optimizer: torch.optim.Optimizer) -> list[tuple[nn.Parameter, Tensor]]:
+        """The masked parameters ``optimizer`` updates, with their stored masks."""
+        owned = []
         for group in optimizer.param_groups:
             for p in group["params"]:
                 entry = self._params.get(id(p))
                 if entry is not None and entry[0] is p:
-                    params.append(p)
-                    masks.append(entry[1].view(torch.uint8))
-        if params:
-            with torch.no_grad():
-                for p, m in zip(params, masks):
-                    _mul_mask_(p, m)
+                    owned.append(entry)
+        return owned
+
+    def _before_step(self, optimizer: torch.optim.Optimizer) -> None:
+        """Decide whether this step starts clean: nothing written since the last clean step."""
+        owned = self._owned(optimizer)
+        record = self._clean.get(optimizer)
+        clean = record is not None and record.epoch == self._epoch
+        if clean:
+            state = optimizer.state
+            for p, _ in owned:
+                seen = record.params.get(id(p))
+                if seen is None or seen[0] != p._version:
+                    clean = False
+                    break
+                grad = p.grad
+                if grad is not None:
+                    masked = self._grads.get(id(p))
+                    if masked is None or masked[0]() is not grad or masked[1] != grad._version:
+                        clean = False
+                        break
+                tensors = [v for v in state.get(p, {}).values() if isinstance(v, Tensor)]
+                if len(tensors) != len(seen[1]) or any(
+                    ref() is not v or version != v._version for v, (ref, version) in zip(tensors, seen[1])
+                ):
+                    clean = False
+                    break
+        self._pending[optimizer] = (clean, owned)
+
+    def _after_step(self, optimizer: torch.optim.Optimizer) -> None:
+        """Re-zero pruned weights (and optimizer state) unless the step started clean; record versions."""
+        clean, owned = self._pending.pop(optimizer, None) or (False, self._owned(optimizer))
+        if not owned:
+            return
+        elementwise = type(optimizer) in _ELEMENTWISE_OPTIMIZERS and all(p.dim() > 0 for p, _ in owned)
+        if clean and elementwise:
+            self._record(optimizer, owned)
+            return
+        with torch.no_grad():
+            for p, stored in owned:
+                self._mul_(p, stored)
+                if elementwise:  # momenta, moments, accumulators: pruned entries to zero
+                    for value in optimizer.state.get(p, {}).values():
+                        if isinstance(value, Tensor) and value.shape == p.shape and value.dtype.is_floating_point:
+                            self._mul_(value, stored)
+        if elementwise:
+            self._record(optimizer, owned)
+
+    def _record(self, optimizer: torch.optim.Optimizer, owned: list[tuple[nn.Parameter, Tensor]]) -> None:
+        record = self._clean.get(optimizer)
+        if record is None or record.epoch != self._epoch:
+            record = self._clean[optimizer] = _Clean(self._epoch)
+        state = optimizer.state
+        for p, _ in owned:
+            record.params[id(p)] = (
+                p._version,
+                tuple(
+                    (weakref.ref(v), v._version) for v in state.get(p, {}).values() if isinstance(v, Tensor)
+                ),
+            )
+
+    def _rezero_(self, optimizer: torch.optim.Optimizer) -> None:
+        """Multiply the masked parameters ``optimizer`` owns by their masks (the full re-zeroing pass)."""
+        with torch.no_grad():
+            for p, stored in self._owned(optimizer):
+                self._mul_(p, stored)
 
 
-def _mask_grad_(mask: Tensor, param: Tensor) -> None:
-    """Zero the pruned entries of the accumulated ``.grad`` in place."""
-    if param.grad is not None:
-        _mul_mask_(param.grad, mask)
-
-
-_CHUNK = 1 << 18
-
-
-def _mul_mask_(x: Tensor, mask: Tensor, *, source: Tensor | None = None) -> None:
-    """``x = (source if given else x) * mask`` in place, ``mask`` a uint8 view of a bool mask.
-
-    A uint8 operand takes torch's fast same-width loop (about 3x a bool operand on CPU), but on
-    one tensor of millions of entries that loop slows down 6-8x (measured on this project's CPU:
-    11.2M weights, 21.8 ms whole vs 3.7 ms in 2^18-entry chunks, the speed of a float mask).
-    Contiguous tensors are therefore multiplied in chunks of 2^18 entries.
-    """
-    src = x if source is None else source
-    if x.numel() <= _CHUNK or not (x.is_contiguous() and src.is_contiguous() and mask.is_contiguous()):
-        torch.mul(src, mask, out=x)
+def _mask_grad_(backend_ref: weakref.ref, stored: Tensor, param: Tensor) -> None:
+    """Zero the pruned entries of the accumulated ``.grad`` in place; remember it as masked."""
+    backend = backend_ref()
+    grad = param.grad
+    if backend is None or grad is None:
         return
-    for xs, ss, ms in zip(x.view(-1).split(_CHUNK), src.reshape(-1).split(_CHUNK), mask.view(-1).split(_CHUNK)):
-        torch.mul(ss, ms, out=xs)
+    backend._mul_(grad, stored)
+    backend._grads[id(param)] = (weakref.ref(grad), grad._version)
 
 
 BACKENDS: dict[str, Callable[[nn.Module], MaskBackend]] = {
     PruneBackend.name: PruneBackend,
     BakedBackend.name: BakedBackend,
+    "baked-bits": functools.partial(BakedBackend, bits=True),
 }
 
 

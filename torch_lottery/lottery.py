@@ -730,6 +730,17 @@ class LotteryTicket:
                     if initial is not None:
                         group["initial_lr"] = initial
 
+    def refresh_(self) -> None:
+        """Re-apply the masks to the weights after writing to them where the backend cannot see it.
+
+        Needed only after writes that bypass tensor version counters (through ``.data``) with a
+        baked backend, or after writing a prune backend's ``*_orig`` outside a forward pass when
+        you read ``module.weight`` before the next forward. Every other write (``copy_``,
+        ``load_state_dict``, an optimizer step) is handled by the backend itself.
+        """
+        for t in self._targets:
+            self._backend.refresh_(t)
+
     def remove_(self) -> None:
         """Make the pruning permanent (``prune.remove``): plain Parameters with zeros baked in."""
         for t in self._targets:
