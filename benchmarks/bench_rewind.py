@@ -37,7 +37,7 @@ def main() -> int:
           f"median of {reps} rewinds\n")
     rows, failures = [], []
     for name in names:
-        for backend, where in (("prune", "cpu"), ("baked", "cpu"), ("prune", "disk")):
+        for backend, where in (("prune", "cpu"), ("baked", "cpu"), ("baked-bits", "cpu"), ("prune", "disk")):
             torch.manual_seed(0)
             model, _ = MODELS[name]()
             ticket = LotteryTicket(model, sparsity=0.8, backend=backend, snapshot_device=where)

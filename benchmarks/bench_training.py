@@ -67,17 +67,20 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=9, help="interleaved timing rounds")
     parser.add_argument("--steps", type=int, default=3, help="steps per variant per round")
     parser.add_argument("--models", default=",".join(MODELS))
+    parser.add_argument("--batch", type=int, default=None,
+                        help="batch size for every model (default: " + ", ".join(f"{k} {v}" for k, v in BATCH.items()) + ")")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     names = ["lenet-300-100"] if args.smoke else args.models.split(",")
     rounds, steps = (2, 1) if args.smoke else (args.rounds, args.steps)
-    print(f"torch {torch.__version__}, {args.threads} threads; sparsity 0.8; SGD momentum 0.9, wd 5e-4; "
+    batches = "batch 4" if args.smoke else ", ".join(f"{n} batch {args.batch or BATCH[n]}" for n in names)
+    print(f"torch {torch.__version__}, {args.threads} threads; {batches}; sparsity 0.8; SGD momentum 0.9, wd 5e-4; "
           f"median over {rounds} interleaved rounds of {steps} steps\n")
     rows, failures, passes = [], [], []
     for name in names:
         torch.manual_seed(0)
         dense, make_input = MODELS[name]()
-        batch = 4 if args.smoke else BATCH[name]
+        batch = 4 if args.smoke else (args.batch or BATCH[name])
         x = make_input(batch)
         y = torch.randint(0, 10, (batch,))
         variants = {"dense": (dense, None)}

@@ -59,7 +59,7 @@ def pack_bits(mask: Tensor) -> Tensor:
 
 def _expand(packed: Tensor, start: int, stop: int) -> Tensor:
     """Entries ``start:stop`` (``start`` a multiple of 8) of a bit-packed mask, as 0/1 ``uint8``."""
-    index = packed[start // 8 : (stop + 7) // 8].to(torch.int32)
+    index = packed[start // 8 : (stop + 7) // 8].to(torch.int64)
     return torch.index_select(_byte_table(packed.device), 0, index).view(torch.uint8)[: stop - start]
 
 
