@@ -646,3 +646,19 @@ def test_load_state_dict_can_rewind_the_model_too():
     resumed.load_state_dict(saved, rewind=True)
     for k, v in model.state_dict().items():
         assert torch.equal(fresh.state_dict()[k], v)
+
+
+@pytest.mark.parametrize("backend", ["prune", "baked"])
+def test_live_tensors_are_the_parameters_the_optimizer_updates_under_canonical_names(backend):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 6), nn.BatchNorm1d(6), nn.Linear(6, 2))
+    raw = [model[0].weight, model[2].weight]
+    ticket = LotteryTicket(model, rate=0.5, backend=backend)
+    with ticket:
+        pass
+    live = ticket.live_tensors()
+    assert set(ticket.masks) <= set(live)
+    assert live["0.weight"] is raw[0] and live["2.weight"] is raw[1]  # weight_orig under prune: same object
+    assert "1.running_mean" in live and live["1.running_mean"] is model[1].running_mean
+    assert "1.running_mean" not in ticket.live_tensors(buffers=False)
+    assert not any(k.endswith(("_orig", "_mask")) for k in live)

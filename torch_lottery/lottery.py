@@ -627,11 +627,19 @@ class LotteryTicket:
             self.rewind_()
 
     # ------------------------------------------------------------------ snapshots and rewinding
-    def _live(self) -> dict[str, Tensor]:
-        live = named_state_tensors(self.model, buffers=self.restore == "all")
+    def live_tensors(self, *, buffers: bool = True) -> dict[str, Tensor]:
+        """The model's parameters (and buffers) by canonical FQN, live, not copies.
+
+        Each pruning target appears under its own FQN as the Parameter the optimizer updates
+        (``<name>_orig`` with the prune backend), so keys match :attr:`masks` and the snapshot.
+        """
+        live = named_state_tensors(self.model, buffers=buffers)
         for t in self._targets:
             live[t.fqn] = self._backend.parameter(t)
         return live
+
+    def _live(self) -> dict[str, Tensor]:
+        return self.live_tensors(buffers=self.restore == "all")
 
     def _take_snapshot(self) -> dict[str, Tensor]:
         live = self._live()

@@ -518,14 +518,6 @@ def _read_file(path: PathLike, fn: str) -> TicketTensors:
 # --------------------------------------------------------------------------------------------------------------
 
 
-def _live_tensors(ticket: LotteryTicket) -> dict[str, Tensor]:
-    """The model's live tensors by canonical FQN, targets as the Parameter the optimizer updates (``*_orig``)."""
-    live = named_state_tensors(ticket.model, buffers=True)
-    for target in ticket.targets:
-        live[target.fqn] = ticket.backend.parameter(target)
-    return live
-
-
 def save_ticket(
     ticket: LotteryTicket,
     path: PathLike,
@@ -571,7 +563,7 @@ def save_ticket(
     state = ticket.state_dict()
     targets = list(ticket.target_fqns)
     masks = {fqn: state["masks"][fqn].to(torch.bool) for fqn in targets}
-    trained = {k: v.detach().cpu() for k, v in _live_tensors(ticket).items()} if include_trained else None
+    trained = {k: v.detach().cpu() for k, v in ticket.live_tensors().items()} if include_trained else None
     tensors, layout = _encode(masks=masks, rewind=state["rewind_weights"], trained=trained, encoding=encoding)
     config = state["config"]
     from torch_lottery import __version__
@@ -835,7 +827,7 @@ def load_ticket(
                 f"{ticket.target_fqns[:5]!r}... in this model; build the architecture the ticket was found on"
             )
         ticket.load_state_dict(state)
-        live = _live_tensors(ticket)
+        live = ticket.live_tensors()
         with torch.no_grad():
             for fqn, value in values.items():
                 live[fqn].copy_(value)
