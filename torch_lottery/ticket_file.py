@@ -36,6 +36,7 @@ import torch
 from torch import Tensor, nn
 
 from .lottery import LotteryTicket
+from .masking import pack_bits, unpack_bits
 from .targets import canonical_name, named_state_tensors, unwrap_model
 
 __all__ = [
@@ -63,7 +64,6 @@ FORMAT_VERSION = 1
 ENCODINGS = ("compact", "dense")
 ROLES = ("mask", "rewind", "trained")
 _MAX_HEADER_BYTES = 100_000_000  # safetensors' own limit
-_BIT_WEIGHTS = torch.tensor([128, 64, 32, 16, 8, 4, 2, 1], dtype=torch.uint8)
 _CHECKSUM_KEY = "checksum"
 
 
@@ -95,10 +95,7 @@ def pack_mask(mask: Tensor) -> Tensor:
         raise TypeError(
             f"pack_mask(): mask={_describe(mask)} is not a bool tensor; pass a mask of dtype torch.bool"
         )
-    flat = mask.detach().reshape(-1).cpu()
-    padded = torch.zeros(math.ceil(flat.numel() / 8) * 8, dtype=torch.uint8)
-    padded[: flat.numel()] = flat.to(torch.uint8)
-    return (padded.view(-1, 8) * _BIT_WEIGHTS).sum(dim=1, dtype=torch.uint8)
+    return pack_bits(mask.detach().cpu())
 
 
 def unpack_mask(packed: Tensor, shape: tuple[int, ...] | torch.Size) -> Tensor:
@@ -125,7 +122,7 @@ def unpack_mask(packed: Tensor, shape: tuple[int, ...] | torch.Size) -> Tensor:
             f"unpack_mask(): packed has {packed.numel()} bytes but shape={tuple(shape)!r} needs {expected}; "
             "pass the shape the mask was packed with"
         )
-    bits = (packed.reshape(-1, 1) & _BIT_WEIGHTS).ne_(0).view(torch.bool).reshape(-1)
+    bits = unpack_bits(packed.cpu(), (expected * 8,))
     if bits[numel:].any():
         raise ValueError(
             f"unpack_mask(): packed has padding bits set beyond the {numel} mask entries; the data is corrupt"
