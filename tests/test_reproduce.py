@@ -284,3 +284,16 @@ def test_cli_reports_missing_data_without_a_traceback(tmp_path, capsys):
     assert rc == 2
     assert "torch-lottery reproduce: error: load_dataset(): name='mnist' not found under root=" in err
     assert "Traceback" not in err
+
+
+def test_baked_backends_give_the_same_numbers_as_prune(tmp_path: Path, data) -> None:
+    # LeNet with Adam on real Fashion-MNIST: an IMP round, both controls and one-shot; the baked
+    # backends train bitwise-identically to prune's hooks, so every recorded number is the same
+    cfg = make_config(iterations=60, rounds=2, seeds=[0], eval_every=30, oneshot_every=2, train_limit=3000)
+    strip = lambda rs: [{k: v for k, v in r.items() if k != "seconds"} for r in rs]  # noqa: E731
+    runs = {b: strip(run_experiment(cfg, data, tmp_path / b, backend=b)) for b in ("prune", "baked", "baked-bits")}
+    assert len(runs["prune"]) == len(planned_runs(cfg)) == 8
+    assert runs["baked"] == runs["prune"]
+    assert runs["baked-bits"] == runs["prune"]
+    with pytest.raises(ValueError, match=r"backend='bits' is not a mask backend; choose one of"):
+        run_experiment(cfg, data, tmp_path / "x", backend="bits")

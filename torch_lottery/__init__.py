@@ -4,7 +4,7 @@ The core imports only torch (and safetensors for ticket files); torchvision, mat
 and torch-pruning are optional extras imported where used.
 """
 
-from .backends import MaskBackend, PruneBackend
+from .backends import BACKENDS, BakedBackend, MaskBackend, PruneBackend
 from .analysis import mask_distance, mask_overlap
 from .controls import fresh_init, random_masks_like
 from .lottery import LotteryTicket, per_round_rate
@@ -16,6 +16,8 @@ from .ticket_file import export_plain, load_ticket, read_ticket_info, save_ticke
 __version__ = "0.1.0"
 
 __all__ = [
+    "BACKENDS",
+    "BakedBackend",
     "CRITERIA",
     "LotteryTicket",
     "MaskBackend",

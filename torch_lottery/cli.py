@@ -140,6 +140,8 @@ def _add_reproduce(subparsers: Any) -> None:
                         "on a busy machine)")
     p.add_argument("--jobs", type=int, default=None,
                    help="worker processes, one seed each at a time (default: the CPU count, at most the seeds)")
+    p.add_argument("--backend", default="prune", choices=["prune", "baked", "baked-bits"],
+                   help="the tickets' mask backend (same numbers with every backend; see docs/performance.md)")
     p.add_argument("--no-plots", action="store_true", help="skip the PNG figures")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("-v", "--verbose", action="store_true", help="also show the engine's per-round log")
@@ -221,7 +223,8 @@ def _cmd_reproduce(args: argparse.Namespace) -> int:
         lg.setLevel(logging.INFO)
     try:
         jobs = args.jobs if args.jobs is not None else (os.cpu_count() or 1)
-        runs = rp.run_experiment(config, data, out, progress=advance, jobs=max(1, min(jobs, len(config.seeds))))
+        runs = rp.run_experiment(config, data, out, progress=advance, jobs=max(1, min(jobs, len(config.seeds))),
+                                   backend=args.backend)
     finally:
         close()
         for lg in loggers:

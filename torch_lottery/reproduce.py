@@ -348,6 +348,7 @@ def run_experiment(
     *,
     progress: Progress | None = None,
     jobs: int = 1,
+    backend: str = "prune",
 ) -> list[dict[str, Any]]:
     """Run (or resume) every planned training run of ``config`` and return all run records.
 
@@ -359,6 +360,9 @@ def run_experiment(
         jobs: worker processes; seeds are shared out among them (each seed's runs stay in one
             process, so results do not depend on ``jobs``). Each worker uses
             ``torch.get_num_threads()`` of the caller.
+        backend: the tickets' mask backend (``LotteryTicket(backend=...)``). The paper's
+            optimizers are elementwise, so every backend gives the same numbers; "baked" is
+            faster. Like ``jobs``, it is not part of the configuration.
 
     Returns:
         One dict per run (see :func:`train_run`, plus ``seed``, ``kind``, ``round``,
@@ -366,25 +370,30 @@ def run_experiment(
 
     Raises:
         ValueError: ``out_dir`` holds results of a different configuration (other than its seeds:
-            adding seeds reuses the finished ones), or ``jobs`` < 1.
+            adding seeds reuses the finished ones), ``jobs`` < 1, or an unknown ``backend``.
         RuntimeError: a worker process failed (its traceback is in the message).
     """
     if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1:
         raise ValueError(f"run_experiment(): jobs={jobs!r} must be an int >= 1")
+    from . import BACKENDS
+
+    if backend not in BACKENDS:
+        raise ValueError(f"run_experiment(): backend={backend!r} is not a mask backend; choose one of {sorted(BACKENDS)}")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     _check_config(out_dir, config)
     jobs = min(jobs, len(config.seeds))
     if jobs == 1:
         for seed in config.seeds:
-            _run_seed(config, data, out_dir, seed, progress)
+            _run_seed(config, data, out_dir, seed, progress, backend)
     else:
-        _run_parallel(config, data, out_dir, jobs, progress)
+        _run_parallel(config, data, out_dir, jobs, progress, backend)
     return [r for r in load_results(out_dir) if r["seed"] in config.seeds]
 
 
 def _run_seed(
-    config: ReproConfig, data: DatasetSplits, out_dir: Path, seed: int, progress: Progress | None
+    config: ReproConfig, data: DatasetSplits, out_dir: Path, seed: int, progress: Progress | None,
+    backend: str = "prune",
 ) -> None:
     """Every planned run of one seed, skipping finished ones (see the module docstring)."""
     from . import LotteryTicket, random_masks_like  # the public API only
@@ -399,7 +408,7 @@ def _run_seed(
     def new_ticket(model: nn.Module, rates: Mapping[str, float], seed: int) -> Any:
         # layer_rates covers every target: the paper's per-layer rates, nothing global.
         return LotteryTicket(model, scope="layer", layer_rates=dict(rates), targets=list(rates),
-                             rewind="init", seed=seed)
+                             rewind="init", seed=seed, backend=backend)
 
     def record(seed: int, kind: str, rnd: int, masks: Mapping[str, Tensor], result: dict[str, Any]) -> dict[str, Any]:
         kept, total, per = _remaining(masks)
@@ -466,7 +475,8 @@ def _run_seed(
             other = new_model(seed)  # theta_0
             # this round's per-layer sparsity, reached in one prune
             oneshot = LotteryTicket(other, layer_sparsity={k: 1.0 - (1.0 - r) ** rnd for k, r in rates.items()},
-                                    targets=list(rates), scope="layer", rewind="init", seed=seed)
+                                    targets=list(rates), scope="layer", rewind="init", seed=seed,
+                                    backend=backend)
             with oneshot:  # "training" = loading the dense network's trained weights
                 other.load_state_dict(_load_tensors(dense_path))
             record(seed, "oneshot", rnd, oneshot.masks, train(other, seed, "oneshot", rnd))
@@ -481,7 +491,7 @@ def _run_seed(
 
 
 def _worker(config: ReproConfig, data: DatasetSplits, out_dir: str, seeds: Sequence[int], queue: Any,
-            threads: int, level: int) -> None:
+            threads: int, level: int, backend: str) -> None:
     """Entry point of a worker process: run ``seeds``, report progress and log lines through ``queue``."""
     import traceback
 
@@ -496,7 +506,7 @@ def _worker(config: ReproConfig, data: DatasetSplits, out_dir: str, seeds: Seque
     logger.propagate = False
     try:
         for seed in seeds:
-            _run_seed(config, data, Path(out_dir), seed, lambda n: queue.put(("progress", n)))
+            _run_seed(config, data, Path(out_dir), seed, lambda n: queue.put(("progress", n)), backend)
     except BaseException:  # noqa: BLE001 - reported to the parent, which raises
         queue.put(("error", traceback.format_exc()))
     else:
@@ -504,14 +514,14 @@ def _worker(config: ReproConfig, data: DatasetSplits, out_dir: str, seeds: Seque
 
 
 def _run_parallel(config: ReproConfig, data: DatasetSplits, out_dir: Path, jobs: int,
-                  progress: Progress | None) -> None:
+                  progress: Progress | None, backend: str) -> None:
     import torch.multiprocessing as mp
 
     ctx = mp.get_context("spawn")
     queue = ctx.Queue()
     groups = [list(config.seeds[i::jobs]) for i in range(jobs)]
     procs = [ctx.Process(target=_worker, args=(config, data, str(out_dir), g, queue, torch.get_num_threads(),
-                                               logger.getEffectiveLevel()), daemon=True) for g in groups]
+                                               logger.getEffectiveLevel(), backend), daemon=True) for g in groups]
     for proc in procs:
         proc.start()
     errors, running = [], len(procs)
