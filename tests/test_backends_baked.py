@@ -402,3 +402,29 @@ def test_bits_backend_stores_one_bit_per_weight_and_reads_back_the_same_masks():
     for fqn, mask in ref_ticket.masks.items():
         assert torch.equal(ticket.masks[fqn], mask)
         assert torch.equal(model.get_parameter(fqn), reference.get_parameter(fqn))
+
+
+@pytest.mark.parametrize("backend", ["baked", "baked-bits"])
+def test_channels_last_weights_train_like_prune(backend):
+    # channels_last weights are not contiguous: the masks multiply them entry by entry, not in flat chunks
+    def run(b):
+        torch.manual_seed(0)
+        model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Conv2d(8, 4, 3)).to(memory_format=torch.channels_last)
+        assert not model[0].weight.is_contiguous()
+        opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, weight_decay=1e-2)
+        ticket = LotteryTicket(model, rate=0.5, rounds=2, backend=b)
+        g = torch.Generator().manual_seed(1)
+        for _ in range(2):
+            with ticket:
+                for _ in range(3):
+                    opt.zero_grad()
+                    model(torch.randn(2, 3, 8, 8, generator=g).to(memory_format=torch.channels_last)).pow(2).mean().backward()
+                    opt.step()
+        return ticket, {t.fqn: ticket.backend.weight(t) for t in ticket.targets}
+
+    t_prune, w_prune = run("prune")
+    t_baked, w_baked = run(backend)
+    for t in t_baked.targets:
+        assert torch.equal(t_baked.masks[t.fqn], t_prune.masks[t.fqn])
+        assert torch.equal(w_baked[t.fqn], w_prune[t.fqn])
+        assert bool((t_baked.backend.parameter(t).detach()[~t_baked.masks[t.fqn]] == 0).all())

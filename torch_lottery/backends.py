@@ -477,7 +477,7 @@ class BakedBackend(MaskBackend):
                 if elementwise:  # momenta, moments, accumulators: pruned entries to zero
                     for value in optimizer.state.get(p, {}).values():
                         if isinstance(value, Tensor) and value.shape == p.shape and value.dtype.is_floating_point:
-                            self._mul_(value, stored)
+                            self._mul_(value, stored if value.device == stored.device else stored.to(value.device))
         if elementwise:
             self._record(optimizer, owned)
 
