@@ -428,3 +428,45 @@ def test_channels_last_weights_train_like_prune(backend):
         assert torch.equal(t_baked.masks[t.fqn], t_prune.masks[t.fqn])
         assert torch.equal(w_baked[t.fqn], w_prune[t.fqn])
         assert bool((t_baked.backend.parameter(t).detach()[~t_baked.masks[t.fqn]] == 0).all())
+
+
+@pytest.mark.parametrize("backend", ["baked", "baked-bits"])
+def test_gradient_clipping_and_accumulation_train_like_prune(backend):
+    # clipping reads the gradient norm: pruned entries must already be zero in .grad, as prune's
+    # *_orig gradients are; micro-batches accumulate into a zeroed (not freed) .grad
+    def run(b):
+        torch.manual_seed(0)
+        model = _mlp()
+        opt = torch.optim.SGD(model.parameters(), lr=0.5, momentum=0.9)
+        ticket = LotteryTicket(model, rate=0.5, rounds=3, backend=b)
+        g = torch.Generator().manual_seed(3)
+        norms = []
+        for _ in range(3):
+            with ticket:
+                for _ in range(4):
+                    opt.zero_grad(set_to_none=False)
+                    for _ in range(2):
+                        model(torch.randn(4, 12, generator=g)).pow(2).sum().backward()
+                    norms.append(float(torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm=0.1)))
+                    opt.step()
+        return ticket, norms
+
+    t_prune, n_prune = run("prune")
+    t_baked, n_baked = run(backend)
+    assert n_baked == n_prune and max(n_prune) > 0.1  # the clip was active
+    for t in t_baked.targets:
+        assert torch.equal(t_baked.backend.weight(t), t_prune.backend.weight(t))
+        assert bool((t_baked.backend.parameter(t).detach()[~t_baked.masks[t.fqn]] == 0).all())
+
+
+def test_accumulated_gradients_keep_the_fast_path():
+    model, ticket, opt = _pruned()
+    _step(model, opt)
+    for seed in range(3):
+        before = _versions(model, ticket)
+        opt.zero_grad(set_to_none=False)
+        for k in range(3):
+            model(torch.randn(4, 12, generator=torch.Generator().manual_seed(10 * seed + k))).pow(2).sum().backward()
+        opt.step()
+        assert [a - b for a, b in zip(_versions(model, ticket), before)] == [1, 1]
+    _assert_pruned_zero(model, ticket, opt)
