@@ -494,12 +494,6 @@ class BakedBackend(MaskBackend):
                 ),
             )
 
-    def _rezero_(self, optimizer: torch.optim.Optimizer) -> None:
-        """Multiply the masked parameters ``optimizer`` owns by their masks (the full re-zeroing pass)."""
-        with torch.no_grad():
-            for p, stored in self._owned(optimizer):
-                self._mul_(p, stored)
-
 
 def _mask_grad_(backend_ref: weakref.ref, stored: Tensor, param: Tensor) -> None:
     """Zero the pruned entries of the accumulated ``.grad`` in place; remember it as masked."""

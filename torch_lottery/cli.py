@@ -140,7 +140,9 @@ def _add_reproduce(subparsers: Any) -> None:
                         "on a busy machine)")
     p.add_argument("--jobs", type=int, default=None,
                    help="worker processes, one seed each at a time (default: the CPU count, at most the seeds)")
-    p.add_argument("--backend", default="prune", choices=["prune", "baked", "baked-bits"],
+    from .backends import BACKENDS
+
+    p.add_argument("--backend", default="prune", choices=sorted(BACKENDS),
                    help="the tickets' mask backend (same numbers with every backend; see docs/performance.md)")
     p.add_argument("--no-plots", action="store_true", help="skip the PNG figures")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
