@@ -20,6 +20,7 @@ from .backends import BACKENDS, MaskBackend, make_backend
 from .controls import fresh_init
 from .scoring import Criterion, get_criterion
 from .selection import prune_lowest
+from .summary import format_table, mask_rows, round_record, totals
 from .snapshot import mmap_safetensors, write_safetensors_streaming
 from .targets import Target, TargetSelector, find_targets, named_state_tensors, unwrap_model
 
@@ -330,10 +331,8 @@ class LotteryTicket:
 
     @property
     def sparsity(self) -> float:
-        """Fraction of the target weights pruned, over all targets."""
-        total = sum(t.numel for t in self._targets)
-        alive = sum(int(torch.count_nonzero(m)) for m in self.masks.values())
-        return 1.0 - alive / total
+        """Fraction of the target weights pruned, over all targets (``0.0`` if they hold no elements)."""
+        return totals(mask_rows(self.masks))[2]
 
     @property
     def rewind_weights(self) -> dict[str, Tensor]:
@@ -347,32 +346,11 @@ class LotteryTicket:
 
     def summary(self) -> list[dict[str, Any]]:
         """One row per target: ``fqn``, ``shape``, ``numel``, ``remaining``, ``sparsity``."""
-        rows = []
-        for t, mask in zip(self._targets, self.masks.values()):
-            remaining = int(torch.count_nonzero(mask))
-            rows.append(
-                {
-                    "fqn": t.fqn,
-                    "shape": list(t.shape),
-                    "numel": t.numel,
-                    "remaining": remaining,
-                    "sparsity": 1.0 - remaining / t.numel if t.numel else 0.0,
-                }
-            )
-        return rows
+        return mask_rows(self.masks)
 
     def summary_table(self) -> str:
         """:meth:`summary` as a fixed-width text table with a total line."""
-        rows = self.summary()
-        width = max([len("tensor")] + [len(r["fqn"]) for r in rows])
-        lines = [f"{'tensor':<{width}}  {'shape':>18}  {'remaining':>12}  {'sparsity':>8}"]
-        for r in rows:
-            shape = "x".join(map(str, r["shape"]))
-            lines.append(f"{r['fqn']:<{width}}  {shape:>18}  {r['remaining']:>12,}  {r['sparsity']:>8.2%}")
-        total = sum(r["numel"] for r in rows)
-        alive = sum(r["remaining"] for r in rows)
-        lines.append(f"{'total':<{width}}  {total:>18,}  {alive:>12,}  {1 - alive / total:>8.2%}")
-        return "\n".join(lines)
+        return format_table(self.summary())
 
     def config(self) -> dict[str, Any]:
         """The settings as JSON-able data (what :meth:`from_config` rebuilds a ticket from)."""
@@ -549,7 +527,7 @@ class LotteryTicket:
         new = self.compute_masks()
         self._install_masks_(new)
         self.round += 1
-        record = self._record(new)
+        record = round_record(self.round, new)
         self.history.append(record)
         logger.info(
             "round %d: sparsity %.4f (%d of %d target weights remain)",
@@ -574,18 +552,6 @@ class LotteryTicket:
             raise
         finally:
             self._backend.commit_()  # the backend may drop what a rollback needed
-
-    def _record(self, masks: Mapping[str, Tensor]) -> dict[str, Any]:
-        per_tensor = {fqn: int(torch.count_nonzero(m)) for fqn, m in masks.items()}
-        total = sum(t.numel for t in self._targets)
-        remaining = sum(per_tensor.values())
-        return {
-            "round": self.round,
-            "sparsity": 1.0 - remaining / total,
-            "remaining": remaining,
-            "total": total,
-            "per_tensor": per_tensor,
-        }
 
     def set_masks_(self, masks: Mapping[str, Tensor], *, rewind: bool = True) -> None:
         """Install the given masks (a random-mask control, or masks from elsewhere), then rewind.
