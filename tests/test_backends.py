@@ -6,6 +6,7 @@ from torch import nn
 from torch.nn.utils import prune
 
 from torch_lottery import LotteryTicket, PruneBackend
+from torch_lottery.backends import effective_state_dict
 from torch_lottery.targets import find_targets
 
 
@@ -107,3 +108,73 @@ def test_weight_reads_effective_values_not_the_stale_attribute():
         model.weight_orig.mul_(10)
     assert torch.equal(backend.weight(target), torch.tensor([[10.0, 0.0], [0.0, 40.0]]))
     assert torch.equal(model.weight, torch.tensor([[1.0, 0.0], [0.0, 4.0]]))  # prune's attribute is stale
+
+
+def test_state_keys_are_prunes_orig_and_mask_names_for_every_tied_place():
+    class Tied(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.a = nn.Linear(3, 3)
+            self.b = nn.Linear(3, 3)
+            self.b.weight = self.a.weight
+
+    model = Tied()
+    target = find_targets(model)[0]
+    backend = PruneBackend(model)
+    assert backend.state_keys(target) == ["a.weight", "b.weight"]
+    backend.apply_(target, torch.eye(3, dtype=torch.bool))
+    assert backend.state_keys(target) == ["a.weight_orig", "a.weight_mask", "b.weight_orig", "b.weight_mask"]
+    assert set(model.state_dict()) == {"a.bias", "b.bias", *backend.state_keys(target)}
+
+
+# -- effective_state_dict: the plain state dict of a pruned model --------------------------------
+
+
+def test_effective_state_dict_applies_masks_made_by_torch_prune_and_drops_them():
+    model = nn.Sequential(nn.Linear(2, 2), nn.BatchNorm1d(2))
+    with torch.no_grad():
+        model[0].weight.copy_(torch.tensor([[1.0, -2.0], [3.0, -4.0]]))
+    prune.custom_from_mask(model[0], "weight", torch.tensor([[True, False], [False, True]]))
+    out = effective_state_dict(model)
+    assert list(out) == ["0.bias", "0.weight", "1.weight", "1.bias", "1.running_mean", "1.running_var", "1.num_batches_tracked"]
+    assert torch.equal(out["0.weight"], torch.tensor([[1.0, 0.0], [0.0, -4.0]]))
+    assert out["1.running_mean"] is not model[1].running_mean  # detached, as state_dict() gives it
+    assert out["1.running_mean"].data_ptr() == model[1].running_mean.data_ptr()
+    assert torch.equal(model[0].weight_orig, torch.tensor([[1.0, -2.0], [3.0, -4.0]]))  # model untouched
+
+
+def test_effective_state_dict_zeroes_pruned_nan_and_inf():
+    model = nn.Linear(3, 1, bias=False)
+    with torch.no_grad():
+        model.weight.copy_(torch.tensor([[float("nan"), float("inf"), 2.0]]))
+    target = find_targets(model)[0]
+    PruneBackend(model).apply_(target, torch.tensor([[False, False, True]]))
+    assert effective_state_dict(model)["weight"].tolist() == [[0.0, 0.0, 2.0]]
+
+
+def test_effective_state_dict_keeps_ties_as_one_object_and_refuses_differently_masked_ones():
+    class TiedLM(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.embedding = nn.Embedding(6, 4)
+            self.decoder = nn.Linear(4, 6)
+            self.decoder.weight = self.embedding.weight
+
+    torch.manual_seed(0)
+    model = TiedLM()
+    target = find_targets(model, ["embedding.weight"])[0]
+    mask = torch.rand(6, 4) > 0.5
+    PruneBackend(model).apply_(target, mask)  # one mask on both places
+    out = effective_state_dict(model)
+    assert out["embedding.weight"] is out["decoder.weight"]
+    assert torch.equal(out["decoder.weight"], model.embedding.weight_orig.detach() * mask)
+
+    other = TiedLM()
+    prune.custom_from_mask(other.decoder, "weight", mask)  # only one place masked
+    with pytest.raises(ValueError, match=r"^export_plain\(\): tied tensors 'embedding.weight' and 'decoder.weight' differ after masking"):
+        effective_state_dict(other, fn="export_plain")
+
+
+def test_effective_state_dict_looks_through_data_parallel():
+    model = nn.Linear(2, 2)
+    assert list(effective_state_dict(nn.DataParallel(model))) == ["weight", "bias"]

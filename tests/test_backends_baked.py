@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 import torch
 from torch import nn
 from torch.nn.utils import prune
 
 from torch_lottery import LotteryTicket
-from torch_lottery.backends import BakedBackend
+from torch_lottery.backends import BACKENDS, BakedBackend, make_backend
+
+from test_backend_contract import OPTIMIZERS
 
 
 def _mlp() -> nn.Module:
@@ -36,21 +40,9 @@ _MODELS = {"mlp": _mlp, "conv": _conv, "encoder": _encoder}
 
 # Every optimizer the baked backends treat as elementwise (the re-zeroing pass is skipped once a
 # step started clean), with the options that change its update rule switched on.
-_OPTIMIZERS = {
-    "sgd": lambda ps: torch.optim.SGD(ps, lr=0.05, momentum=0.9, weight_decay=1e-2),
-    "adam": lambda ps: torch.optim.Adam(ps, lr=1e-2, weight_decay=1e-2),
-    "sgd-nesterov": lambda ps: torch.optim.SGD(ps, lr=0.05, momentum=0.9, nesterov=True, dampening=0, weight_decay=1e-2),
-    "adam-amsgrad": lambda ps: torch.optim.Adam(ps, lr=1e-2, amsgrad=True),
-    "adamw": lambda ps: torch.optim.AdamW(ps, lr=1e-2, weight_decay=0.1),
-    "adamax": lambda ps: torch.optim.Adamax(ps, lr=1e-2, weight_decay=1e-2),
-    "nadam": lambda ps: torch.optim.NAdam(ps, lr=1e-2, weight_decay=1e-2, decoupled_weight_decay=True),
-    "radam": lambda ps: torch.optim.RAdam(ps, lr=1e-2, weight_decay=1e-2),
-    "adagrad": lambda ps: torch.optim.Adagrad(ps, lr=0.05, lr_decay=1e-3, initial_accumulator_value=0.1),
-    "rmsprop": lambda ps: torch.optim.RMSprop(ps, lr=1e-2, momentum=0.5, centered=True, weight_decay=1e-2),
-    "adadelta": lambda ps: torch.optim.Adadelta(ps, lr=0.5, weight_decay=1e-2),
-    "asgd": lambda ps: torch.optim.ASGD(ps, lr=0.05, t0=2, weight_decay=1e-2),
-    "rprop": lambda ps: torch.optim.Rprop(ps, lr=1e-2),
-}
+_OPTIMIZERS = OPTIMIZERS
+# Every registered backend that bakes its masks into the weights.
+BAKED = [n for n in sorted(BACKENDS) if isinstance(make_backend(n, nn.Linear(1, 1)), BakedBackend)]
 
 
 def _optimizer(kind: str, model: nn.Module) -> torch.optim.Optimizer:
@@ -92,7 +84,7 @@ def _assert_same_training(backend, model_kind, opt_kind, pass_optimizer):
     assert abs(t_baked.sparsity - 0.64) < 0.01
 
 
-@pytest.mark.parametrize("backend", ["baked", "baked-bits"])
+@pytest.mark.parametrize("backend", BAKED)
 @pytest.mark.parametrize("model_kind", ["mlp", "conv", "encoder"])
 @pytest.mark.parametrize("opt_kind", ["sgd", "adam"])
 @pytest.mark.parametrize("pass_optimizer", [True, False])
@@ -100,7 +92,7 @@ def test_baked_trains_bitwise_identically_to_prune(backend, model_kind, opt_kind
     _assert_same_training(backend, model_kind, opt_kind, pass_optimizer)
 
 
-@pytest.mark.parametrize("backend", ["baked", "baked-bits"])
+@pytest.mark.parametrize("backend", BAKED)
 @pytest.mark.parametrize("opt_kind", sorted(set(_OPTIMIZERS) - {"sgd", "adam"}))
 def test_every_elementwise_optimizer_trains_bitwise_identically_to_prune(backend, opt_kind):
     # the optimizer is not given to the ticket: its state carries over into round 2 and the
@@ -128,6 +120,7 @@ def test_baked_parameter_holds_zeros_and_keeps_identity_and_plain_keys():
         assert bool((model[0].weight[~mask] == 0).all())
     assert model[0].weight is first and isinstance(first, nn.Parameter)
     assert list(model.state_dict()) == ["0.weight", "0.bias", "2.weight", "2.bias"]
+    assert [ticket.backend.state_keys(t) for t in ticket.targets] == [["0.weight"], ["2.weight"]]
     assert not prune.is_pruned(model)
     assert ticket.masks["0.weight"].dtype == torch.bool
     assert ticket.config()["backend"] == "baked"
@@ -204,8 +197,9 @@ def test_baked_refuses_a_model_with_prune_reparametrization():
         LotteryTicket(model, rate=0.5, backend="baked")
 
 
-def test_unknown_backend_lists_baked():
-    with pytest.raises(ValueError, match=r"backend='bits' is not a mask backend; choose one of \['baked', 'baked-bits', 'prune'\]"):
+def test_unknown_backend_lists_every_registered_backend():
+    assert {"baked", "baked-bits"} <= set(BAKED)
+    with pytest.raises(ValueError, match=r"backend='bits' is not a mask backend; choose one of " + re.escape(str(sorted(BACKENDS)))):
         LotteryTicket(_mlp(), rate=0.5, backend="bits")
 
 
@@ -290,7 +284,7 @@ def _versions(model: nn.Module, ticket: LotteryTicket) -> list[int]:
     return [model.get_parameter(t.fqn)._version for t in ticket.targets]
 
 
-@pytest.mark.parametrize("backend", ["baked", "baked-bits"])
+@pytest.mark.parametrize("backend", BAKED)
 def test_clean_steps_write_each_weight_once_and_a_rewind_makes_the_next_step_rezero(backend):
     model, ticket, opt = _pruned(backend)
     _step(model, opt)  # the first step after pruning re-zeroes (the optimizer was never seen clean)
@@ -404,7 +398,7 @@ def test_bits_backend_stores_one_bit_per_weight_and_reads_back_the_same_masks():
         assert torch.equal(model.get_parameter(fqn), reference.get_parameter(fqn))
 
 
-@pytest.mark.parametrize("backend", ["baked", "baked-bits"])
+@pytest.mark.parametrize("backend", BAKED)
 def test_channels_last_weights_train_like_prune(backend):
     # channels_last weights are not contiguous: the masks multiply them entry by entry, not in flat chunks
     def run(b):
@@ -430,7 +424,7 @@ def test_channels_last_weights_train_like_prune(backend):
         assert bool((t_baked.backend.parameter(t).detach()[~t_baked.masks[t.fqn]] == 0).all())
 
 
-@pytest.mark.parametrize("backend", ["baked", "baked-bits"])
+@pytest.mark.parametrize("backend", BAKED)
 def test_gradient_clipping_and_accumulation_train_like_prune(backend):
     # clipping reads the gradient norm: pruned entries must already be zero in .grad, as prune's
     # *_orig gradients are; micro-batches accumulate into a zeroed (not freed) .grad

@@ -1,10 +1,14 @@
 """Control experiments: random masks with a ticket's counts, fresh initialization."""
 
+import copy
+
 import pytest
 import torch
 from torch import nn
+from torch.nn.utils import prune
 
 from torch_lottery import fresh_init, random_masks_like
+from torch_lottery.backends import BACKENDS, make_backend
 from torch_lottery.targets import find_targets
 
 
@@ -52,3 +56,49 @@ def test_fresh_init_of_a_raw_parameter_permutes_its_values():
     new = fresh_init(model, find_targets(model, ["table"]), seed=0)["table"]
     assert sorted(new.flatten().tolist()) == list(range(12))
     assert not torch.equal(new, model.table)
+
+
+class _LinearAndRaw(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(4, 3)
+        self.table = nn.Parameter(torch.arange(12.0).reshape(3, 4) - 5.5)
+
+
+@pytest.mark.parametrize("backend", sorted(BACKENDS))
+def test_fresh_init_of_a_masked_model_draws_what_the_unmasked_model_draws(backend):
+    torch.manual_seed(0)
+    model = _LinearAndRaw()
+    dense = copy.deepcopy(model)
+    targets = find_targets(model, ["fc.weight", "table"])
+    masks = {"fc.weight": torch.rand(3, 4) > 0.5, "table": torch.arange(12).reshape(3, 4) % 3 != 0}
+    b = make_backend(backend, model)
+    for t in targets:
+        b.apply_(t, masks[t.fqn])
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    # the unmasked model holding the Parameters' current values (raw under prune, zeros baked in otherwise)
+    with torch.no_grad():
+        for t in targets:
+            dense.get_parameter(t.fqn).copy_(b.parameter(t))
+    new = fresh_init(model, targets, seed=3)
+    want = fresh_init(dense, find_targets(dense, ["fc.weight", "table"]), seed=3)
+    assert set(new) == {"fc.weight", "table"}
+    for fqn in new:
+        assert torch.equal(new[fqn], want[fqn]), fqn
+    assert not torch.equal(new["fc.weight"], dense.fc.weight)  # a new draw, from the layer's initializer
+    table = next(t for t in targets if t.fqn == "table")
+    assert sorted(new["table"].flatten().tolist()) == sorted(b.parameter(table).flatten().tolist())
+    for key, value in model.state_dict().items():  # the masked model is untouched, masks in force
+        assert torch.equal(value, before[key]), key
+    for t in targets:
+        assert b.is_masked(t) and torch.equal(b.mask(t), masks[t.fqn])
+
+
+def test_fresh_init_of_a_model_pruned_by_torch_prune_uses_the_layer_initializer():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(5, 4))
+    dense = copy.deepcopy(model)
+    prune.l1_unstructured(model[0], "weight", amount=0.5)
+    new = fresh_init(model, find_targets(model), seed=2)["0.weight"]
+    assert torch.equal(new, fresh_init(dense, find_targets(dense), seed=2)["0.weight"])
+    assert isinstance(model[0].weight_orig, nn.Parameter) and "weight_mask" in model[0]._buffers

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import abc
 import functools
 import weakref
 from typing import Any, Callable, ClassVar
@@ -11,21 +12,65 @@ from torch import Tensor, nn
 from torch.nn.utils import prune
 
 from .masking import mul_bits_, mul_bytes_, pack_bits, unpack_bits
-from .targets import Target, get_place
+from .targets import Target, _join, canonical_name, get_place, unwrap_model
 
-__all__ = ["BACKENDS", "BakedBackend", "MaskBackend", "PruneBackend", "make_backend"]
+__all__ = [
+    "BACKENDS",
+    "BakedBackend",
+    "MaskBackend",
+    "PruneBackend",
+    "check_backend",
+    "effective_state_dict",
+    "make_backend",
+]
 
 # Layers whose forward reads their children's weights directly, without calling the children's
 # forward (so the children's prune hooks would not refresh the masked weight first).
 _DIRECT_READERS = (nn.MultiheadAttention, nn.TransformerEncoderLayer, nn.TransformerDecoderLayer)
 
 
-class MaskBackend:
+class MaskBackend(abc.ABC):
     """The seam between a ticket and a model: install, read, refresh and remove masks.
 
-    One backend instance serves one model. Every method takes a :class:`Target`; masks are
-    bool tensors shaped like the target. After :meth:`apply_`, the model's forward sees the
-    masked (effective) weight and pruned entries stay zero through training.
+    One backend instance serves one model. Every method takes a :class:`Target` found on that
+    model; masks are bool tensors shaped like the target (``True`` = kept). A backend is
+    registered by name in :data:`BACKENDS`; every registered backend passes the same contract
+    tests (``tests/test_backend_contract.py``). The contract:
+
+    * **Parameter identity.** :meth:`parameter` returns the same ``nn.Parameter`` object before
+      :meth:`apply_`, while masked, and after :meth:`load_`, :meth:`refresh_`,
+      :meth:`unapply_` and :meth:`remove_`, so an optimizer built before pruning stays valid.
+      Tied places (``target.aliases``) keep sharing it.
+    * **Masked forward.** After ``apply_(target, mask)`` the model's forward uses
+      :meth:`weight` at every place of the target, and ``weight(target)`` equals the parameter's
+      values before the call times ``mask``.
+    * **Zeros held.** After any optimizer step over ``model.parameters()`` (LBFGS and
+      non-elementwise optimizers included), pruned entries of :meth:`weight` are zero and the
+      next forward uses them. Gradients accumulated into ``parameter(target).grad`` by backward
+      are zero at pruned entries.
+    * **Replacing a mask.** :meth:`apply_` on a masked target replaces its mask (no
+      intersection). Entries the new mask revives get what the parameter holds there (prune
+      keeps the raw values in ``*_orig``; the baked backends hold zeros once committed).
+    * **Rollback, until** :meth:`commit_`. After a first ``apply_(target, new)``,
+      ``unapply_(target)`` restores the raw values, the plain ``state_dict`` keys and the order
+      of the module's parameters exactly. After ``apply_(target, new)`` on a masked target,
+      ``apply_(target, old)`` restores the parameter, the mask and the effective weight as they
+      were before. :meth:`commit_` ends that window: a backend may then drop the raw values of
+      pruned entries; a later ``unapply_`` still leaves a plain, unmasked Parameter whose
+      surviving entries hold their values.
+    * **Loading.** ``load_(target, value)`` writes ``value`` into the parameter in place;
+      afterwards ``weight(target) == value * mask``.
+    * **Removing.** :meth:`remove_` makes the pruning permanent: each place holds the same plain
+      Parameter with zeros at pruned entries, and no mask, hook or extra ``state_dict`` key is
+      left. Later training may move those entries. :meth:`unapply_` and :meth:`remove_` do
+      nothing on an unmasked target.
+    * **State dict keys.** :meth:`state_keys` names the model's ``state_dict`` keys that hold a
+      target: ``<place>_orig`` and ``<place>_mask`` per place under ``"prune"``, the plain
+      ``<place>`` names under the baked backends. Loading a masked model's ``state_dict`` into a
+      model with the same masks installed gives the same effective weights.
+
+    Attributes:
+        name: the registry name (``LotteryTicket(backend=...)``), saved in ticket configs.
     """
 
     name: ClassVar[str] = ""
@@ -33,37 +78,37 @@ class MaskBackend:
     def __init__(self, model: nn.Module) -> None:
         self.model = model
 
+    @abc.abstractmethod
     def is_masked(self, target: Target) -> bool:
         """Whether a mask is installed on ``target``."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def apply_(self, target: Target, mask: Tensor) -> None:
         """Install ``mask`` on ``target``, or replace the one installed; effective weight follows."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def unapply_(self, target: Target) -> None:
         """Undo :meth:`apply_` without baking anything in: the raw parameter values come back."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def mask(self, target: Target) -> Tensor:
-        """The installed mask as a bool tensor (all ``True`` if none is installed)."""
-        raise NotImplementedError
+        """The installed mask as a new bool tensor (all ``True`` if none is installed)."""
 
+    @abc.abstractmethod
     def parameter(self, target: Target) -> nn.Parameter:
         """The Parameter the optimizer updates for ``target`` (its identity never changes)."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def weight(self, target: Target) -> Tensor:
-        """The current effective weight, detached: what the forward pass uses."""
-        raise NotImplementedError
+        """The current effective weight, detached: what the forward pass uses (do not write to it)."""
 
+    @abc.abstractmethod
     def refresh_(self, target: Target) -> None:
-        """Recompute the effective weight after the parameter was written in place."""
-        raise NotImplementedError
+        """Recompute the effective weight after the parameter was written where the backend cannot see it."""
 
+    @abc.abstractmethod
     def remove_(self, target: Target) -> None:
         """Make pruning permanent: a plain Parameter with zeros baked in, no mask left."""
-        raise NotImplementedError
 
     def load_(self, target: Target, value: Tensor) -> None:
         """Write ``value`` into the parameter in place (a rewind), then refresh the effective weight."""
@@ -73,6 +118,13 @@ class MaskBackend:
 
     def commit_(self) -> None:
         """Called once every target's new mask is in: forget what a rollback would have needed."""
+
+    def state_keys(self, target: Target) -> list[str]:
+        """The model's ``state_dict`` keys that hold ``target``, every place included.
+
+        The default is a backend that keeps Parameters plain: the FQN of each place.
+        """
+        return [_join(module_name, name) for module_name, name in target.places()]
 
 
 class PruneBackend(MaskBackend):
@@ -183,6 +235,15 @@ class PruneBackend(MaskBackend):
             if self._hook(module, name) is not None:
                 prune.remove(module, name)
         self._unwatch_readers(target)
+
+    def state_keys(self, target: Target) -> list[str]:
+        keys = []
+        for module_name, name in target.places():
+            if self._hook(get_place(self.model, module_name), name) is None:
+                keys.append(_join(module_name, name))
+            else:
+                keys += [_join(module_name, name + "_orig"), _join(module_name, name + "_mask")]
+        return keys
 
     # -- layers that read their children's weights directly ------------------------------
     def _readers(self, target: Target) -> list[nn.Module]:
@@ -512,11 +573,103 @@ BACKENDS: dict[str, Callable[[nn.Module], MaskBackend]] = {
 }
 
 
-def make_backend(name: str, model: nn.Module) -> MaskBackend:
-    """Build the backend registered as ``name`` for ``model``."""
-    try:
-        return BACKENDS[name](model)
-    except KeyError:
-        raise ValueError(
-            f"LotteryTicket(): backend={name!r} is not a mask backend; choose one of {sorted(BACKENDS)}"
-        ) from None
+def check_backend(name: object, *, fn: str = "LotteryTicket") -> str:
+    """Return ``name`` if it is a registered mask backend, else raise the library's error.
+
+    Args:
+        name: the backend name to check.
+        fn: the public function whose argument this is, named in the error message.
+
+    Returns:
+        ``name``, unchanged.
+
+    Raises:
+        ValueError: ``name`` is not a key of :data:`BACKENDS`; the message lists the valid names.
+
+    Example:
+        >>> check_backend("baked")
+        'baked'
+    """
+    if isinstance(name, str) and name in BACKENDS:
+        return name
+    raise ValueError(f"{fn}(): backend={name!r} is not a mask backend; choose one of {sorted(BACKENDS)}")
+
+
+def make_backend(name: str, model: nn.Module, *, fn: str = "LotteryTicket") -> MaskBackend:
+    """Build the backend registered as ``name`` for ``model``.
+
+    Raises:
+        ValueError: ``name`` is not registered (see :func:`check_backend`; ``fn`` names the caller).
+    """
+    return BACKENDS[check_backend(name, fn=fn)](model)
+
+
+def effective_state_dict(model: nn.Module, *, fn: str = "effective_state_dict") -> dict[str, Tensor]:
+    """The model's ``state_dict`` as an unpruned model of the same class holds it: masks applied.
+
+    Keys are canonical (``"0.weight"``, never ``"0.weight_orig"``), in ``state_dict()`` order;
+    ``torch.nn.utils.prune``'s ``*_mask`` buffers are left out and each ``*_orig`` value appears
+    with its mask applied (``torch.where(mask, value, 0)``: pruned entries are exactly zero, even
+    where the raw value is NaN or infinite). Every other value is the model's own tensor, detached
+    (as ``state_dict()`` returns it). A model under a baked backend already holds its zeros, so
+    its values are returned as they are. Non-persistent buffers are left out, as ``state_dict()``
+    does. DataParallel/DDP wrappers are looked through. ``model`` is not modified.
+
+    Tensors tied in the model (one non-empty tensor under several names) are one tensor object in
+    the result, listed under each name, so ``id()`` finds the ties.
+
+    Args:
+        model: a model, pruned through ``torch.nn.utils.prune`` or a ticket's backend, or not.
+        fn: the public function named in error messages.
+
+    Returns:
+        canonical key -> tensor (detached; masked values are new tensors, others share memory with
+        the model).
+
+    Raises:
+        ValueError: tied tensors whose places are masked differently (an unpruned model holds them
+            once, so no state dict can represent both).
+
+    Example:
+        >>> from torch.nn.utils import prune
+        >>> layer = nn.Linear(2, 1, bias=False)
+        >>> _ = prune.custom_from_mask(layer, "weight", torch.tensor([[True, False]]))
+        >>> sorted(effective_state_dict(layer))
+        ['weight']
+        >>> float(effective_state_dict(layer)["weight"][0, 1])
+        0.0
+    """
+    model = unwrap_model(model)
+    modules = dict(model.named_modules(remove_duplicate=False))
+    out: dict[str, Tensor] = {}
+    first_of: dict[tuple[Any, ...], tuple[str, Tensor]] = {}
+    for key, tensor in model.state_dict(keep_vars=True).items():
+        prefix, _, local = key.rpartition(".")
+        module = modules[prefix]
+        name = canonical_name(module, local)
+        if name is None:  # prune's *_mask buffer
+            continue
+        fqn = _join(prefix, name)
+        source = tensor.detach()
+        value = source
+        if name != local:  # prune's *_orig: apply the mask
+            mask = module._buffers[name + "_mask"]
+            value = torch.where(mask.to(torch.bool), source, torch.zeros((), dtype=source.dtype, device=source.device))
+        if source.numel():
+            ident = (
+                source.device, source.untyped_storage().data_ptr(), source.storage_offset(),
+                tuple(source.shape), tuple(source.stride()), source.dtype,
+            )
+            first = first_of.get(ident)
+            if first is not None:
+                first_fqn, first_value = first
+                if not torch.equal(first_value, value):
+                    raise ValueError(
+                        f"{fn}(): tied tensors {first_fqn!r} and {fqn!r} differ after masking; a plain model holds "
+                        "them once, so mask every place of a tied weight alike (LotteryTicket does)"
+                    )
+                out[fqn] = first_value
+                continue
+            first_of[ident] = (fqn, value)
+        out[fqn] = value
+    return out

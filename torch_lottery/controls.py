@@ -9,7 +9,7 @@ from typing import Mapping, Sequence
 import torch
 from torch import Tensor, nn
 
-from .targets import Target, get_place
+from .targets import Target, canonical_name, get_place, named_state_tensors
 
 __all__ = ["fresh_init", "random_masks_like"]
 
@@ -46,20 +46,28 @@ def random_masks_like(masks: Mapping[str, Tensor], *, seed: int = 0) -> dict[str
 
 def _detached_clone(module: nn.Module) -> nn.Module:
     """A shallow copy of ``module`` and its children with fresh parameters and cloned buffers,
-    so ``reset_parameters()`` on it cannot touch the original (pruned or not)."""
+    so ``reset_parameters()`` on it cannot touch the original (pruned or not).
+
+    Parameters and buffers appear under their canonical names (:func:`canonical_name`): a tensor
+    reparametrized by torch.nn.utils.prune is a plain Parameter again, its mask is left out.
+    """
     clone = copy.copy(module)
     clone.__dict__ = dict(module.__dict__)
     clone._forward_pre_hooks = type(module._forward_pre_hooks)()
     params = {}
     for local, p in module._parameters.items():
+        name = canonical_name(module, local) or local
         if p is None:
-            params[local] = None
+            params[name] = None
             continue
-        name = local[: -len("_orig")] if local.endswith("_orig") and local[: -len("_orig")] in module.__dict__ else local
         params[name] = nn.Parameter(torch.empty_like(p.detach()), requires_grad=p.requires_grad)
-        clone.__dict__.pop(name, None)
+        clone.__dict__.pop(name, None)  # prune's recomputed attribute would shadow the Parameter
     clone._parameters = params
-    clone._buffers = {k: (None if b is None else b.detach().clone()) for k, b in module._buffers.items()}
+    clone._buffers = {
+        k: (None if b is None else b.detach().clone())
+        for k, b in module._buffers.items()
+        if canonical_name(module, k) is not None
+    }
     clone._modules = {k: (None if m is None else _detached_clone(m)) for k, m in module._modules.items()}
     return clone
 
@@ -76,6 +84,7 @@ def fresh_init(model: nn.Module, targets: Sequence[Target], *, seed: int) -> dic
         FQN -> new tensor (detached, on the target's device). ``model`` is not modified.
     """
     out: dict[str, Tensor] = {}
+    live: dict[str, Tensor] | None = None  # canonical FQN -> Parameter, read only when needed
     cuda = sorted({p.device.index or 0 for p in model.parameters() if p.is_cuda})
     with torch.random.fork_rng(devices=cuda):
         for i, target in enumerate(targets):
@@ -87,7 +96,9 @@ def fresh_init(model: nn.Module, targets: Sequence[Target], *, seed: int) -> dic
                 getattr(clone, reset.__name__)()
                 out[target.fqn] = clone._parameters[target.name].detach()
             else:
-                current = owner._parameters.get(target.name + "_orig", owner._parameters.get(target.name))
+                if live is None:
+                    live = named_state_tensors(model, buffers=False)
+                current = live[target.fqn]
                 flat = current.detach().reshape(-1)
                 perm = torch.randperm(flat.numel()).to(flat.device)
                 out[target.fqn] = flat[perm].reshape(current.shape).clone()
