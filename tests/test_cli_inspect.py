@@ -58,7 +58,7 @@ def test_inspect_verify_reports_a_corrupted_file_on_stderr(ticket_path, capsys):
     ticket_path.write_bytes(bytes(data))
     assert main(["inspect", str(ticket_path)]) == 0  # the header alone is intact
     capsys.readouterr()
-    assert main(["inspect", "--verify", str(ticket_path)]) == 1
+    assert main(["inspect", "--verify", str(ticket_path)]) == 2
     err = capsys.readouterr().err
     assert "torch-lottery inspect: error: read_ticket_tensors(): path=" in err and "fails its checksum" in err
 
@@ -66,9 +66,9 @@ def test_inspect_verify_reports_a_corrupted_file_on_stderr(ticket_path, capsys):
 def test_inspect_rejects_files_that_are_not_tickets(tmp_path, capsys):
     path = tmp_path / "notes.txt"
     path.write_text("hello")
-    assert main(["inspect", str(path)]) == 1
+    assert main(["inspect", str(path)]) == 2
     assert "is too short to be a safetensors file" in capsys.readouterr().err
-    assert main(["inspect", str(tmp_path / "missing.safetensors")]) == 1
+    assert main(["inspect", str(tmp_path / "missing.safetensors")]) == 2
     assert "No such file" in capsys.readouterr().err
 
 
@@ -81,3 +81,43 @@ def test_inspect_runs_as_a_module_command(ticket_path):
     )
     assert proc.returncode == 0, proc.stderr
     assert "0.weight" in proc.stdout and "75.00%" in proc.stdout
+
+
+def _bad_file(kind: str, ticket_path):
+    if kind == "dev-zero":
+        ticket_path.unlink()
+        os.symlink("/dev/zero", ticket_path)
+    elif kind == "fifo":
+        ticket_path.unlink()
+        os.mkfifo(ticket_path)
+    elif kind == "huge-sparse":
+        os.truncate(ticket_path, ticket_path.stat().st_size + 64 * 2**30)
+    elif kind == "infinite-offsets":
+        data = ticket_path.read_bytes()
+        length = int.from_bytes(data[:8], "little")
+        header = json.loads(data[8 : 8 + length])
+        header[next(k for k in header if k != "__metadata__")]["data_offsets"][1] = "END"
+        raw = json.dumps(header).replace('"END"', "Infinity").encode()
+        ticket_path.write_bytes(len(raw).to_bytes(8, "little") + raw + data[8 + length :])
+    return ticket_path
+
+
+@pytest.mark.parametrize(
+    "kind, message",
+    [
+        ("dev-zero", "is a character device, not a regular file"),
+        ("fifo", "is a FIFO, not a regular file"),
+        ("huge-sparse", "bytes of tensor data but its header describes"),
+        ("infinite-offsets", "non-finite number Infinity"),
+    ],
+)
+@pytest.mark.parametrize("verify", [False, True])
+def test_inspect_on_unreadable_files_prints_one_clear_error_and_exits_2(kind, message, verify, ticket_path, capsys):
+    path = _bad_file(kind, ticket_path)
+    argv = ["inspect", *(["--verify"] if verify else []), str(path)]
+    assert main(argv) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    lines = captured.err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"torch-lottery inspect: error: read_ticket_info(): path={str(path)!r}")
+    assert message in lines[0]

@@ -99,7 +99,7 @@ def test_controls_use_other_masks_or_other_init(experiment) -> None:
 
 
 def test_final_ticket_file_holds_the_last_round_masks_and_theta_0(experiment) -> None:
-    from torch_lottery.ticket_file import load_ticket, read_ticket_info
+    from torch_lottery import load_ticket, read_ticket_info
 
     out, _, _ = experiment
     info = read_ticket_info(out / "ticket-seed0.safetensors")

@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import tracemalloc
 from typing import Any, Callable
 
 import numpy as np
@@ -23,7 +24,7 @@ from torch.nn.utils import prune
 
 import torch_lottery
 from torch_lottery import LotteryTicket, export_plain, load_ticket, read_ticket_info
-from torch_lottery import ticket_file
+from torch_lottery import ticket_file, ticket_io
 from torch_lottery.targets import named_state_tensors
 from torch_lottery.ticket_file import compact_values, expand_values, pack_mask, unpack_mask
 
@@ -487,6 +488,73 @@ def test_files_of_other_formats_are_rejected(content, tmp_path):
     _load_fails(path, MLP(), r"load_ticket\(\): path=")
 
 
+def _huge_sparse(path) -> None:
+    os.truncate(path, path.stat().st_size + 64 * 2**30)  # 64 GiB more, a hole on disk
+
+
+def _infinite_offsets(path) -> None:
+    data = path.read_bytes()
+    length = int.from_bytes(data[:8], "little")
+    header = json.loads(data[8 : 8 + length])
+    header[next(k for k in header if k != "__metadata__")]["data_offsets"][1] = "END"
+    raw = json.dumps(header).replace('"END"', "Infinity").encode()
+    path.write_bytes(len(raw).to_bytes(8, "little") + raw + data[8 + length :])
+
+
+def _device(path) -> None:
+    path.unlink()
+    os.symlink("/dev/zero", path)
+
+
+def _fifo(path) -> None:
+    path.unlink()
+    os.mkfifo(path)
+
+
+BAD_FILES = {
+    "dev-zero": (_device, "is a character device, not a regular file"),
+    "fifo": (_fifo, "is a FIFO, not a regular file"),
+    "huge-sparse": (_huge_sparse, r"holds \d+ bytes of tensor data but its header describes \d+"),
+    "infinite-offsets": (_infinite_offsets, "non-finite number Infinity"),
+}
+
+
+@pytest.mark.parametrize("kind", sorted(BAD_FILES))
+def test_devices_fifos_huge_sparse_files_and_bad_offsets_are_refused_before_reading(kind, tmp_path):
+    make_bad, match = BAD_FILES[kind]
+    path = tmp_path / "t.safetensors"
+    _mlp_ticket_file(path)
+    make_bad(path)
+    tracemalloc.start()
+    try:
+        for reader in (read_ticket_info, ticket_file.read_ticket_tensors):
+            with pytest.raises(ValueError, match=rf"^{reader.__name__}\(\): path=.*{match}"):
+                reader(path)
+        _load_fails(path, MLP(), rf"^load_ticket\(\): path=.*{match}")
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 20_000_000  # nothing like the 64 GiB hole, nor an endless /dev/zero
+
+
+def test_another_architecture_is_refused_before_the_tensors_are_read(tmp_path):
+    """The architecture is in the header: a ticket for another model fails on it even when its data is damaged."""
+    path = tmp_path / "t.safetensors"
+    _mlp_ticket_file(path)
+    data = bytearray(path.read_bytes())
+    data[-3] ^= 0x01  # would fail the checksum, which needs the tensor data
+    path.write_bytes(bytes(data))
+    _load_fails(path, MLP(hidden=32), r"whose tensors differ from model=.*different shapes: bn.bias \(32,\) vs \(16,\)")
+    _load_fails(path, MLP(), "fails its checksum")
+
+
+def test_a_stored_tensor_larger_than_its_layout_is_refused_before_it_is_read(tmp_path):
+    path = tmp_path / "t.safetensors"
+    _mlp_ticket_file(path)
+    _rewrite(path, tensors=lambda t: {**t, "rewind/bn.bias": torch.zeros(1000)})
+    _load_fails(path, MLP(), r"stores 4000 bytes for 'rewind/bn.bias' but its layout shape \(16,\) holds at most 64")
+
+
 def test_ticket_for_a_different_architecture_is_rejected(tmp_path):
     path = tmp_path / "t.safetensors"
     _mlp_ticket_file(path)
@@ -511,7 +579,7 @@ def test_rollback_restores_parameters_hooks_and_values_after_a_failed_mutation()
     before = _state(model)
     params_before = list(model.parameters())
     with pytest.raises(RuntimeError, match="boom"):
-        with ticket_file._rollback_on_error(model):
+        with ticket_io._rollback_on_error(model):
             prune.custom_from_mask(model.fc1, "weight", torch.rand(16, 10) > 0.5)
             with torch.no_grad():
                 model.fc2.weight.mul_(3)
@@ -574,6 +642,31 @@ def test_save_into_a_missing_directory_raises_and_creates_nothing(tmp_path):
     with pytest.raises(FileNotFoundError):
         ticket.save(tmp_path / "no" / "such" / "dir.safetensors")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_250_character_file_name_saves_and_loads(tmp_path):
+    path = tmp_path / ("t" * (250 - len(".safetensors")) + ".safetensors")
+    assert len(path.name) == 250
+    source = _mlp_ticket_file(path)
+    assert [p.name for p in tmp_path.iterdir()] == [path.name]
+    loaded = load_ticket(path, MLP())
+    assert all(torch.equal(loaded.masks[k], m) for k, m in source.masks.items())
+
+
+def test_disk_full_keeps_the_previous_ticket_and_says_so(tmp_path, monkeypatch):
+    path = tmp_path / "t.safetensors"
+    ticket = _mlp_ticket_file(path)
+    previous = path.read_bytes()
+
+    def disk_full(fd: int) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "fsync", disk_full)
+    with pytest.raises(OSError, match=r"save_ticket\(\): path=.* could not be written \(syncing to disk: No space left"):
+        ticket.save(path, encoding="dense")
+    monkeypatch.undo()
+    assert path.read_bytes() == previous
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["t.safetensors"]
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -11,9 +11,9 @@ from .lottery import LotteryTicket, per_round_rate
 from .scoring import CRITERIA
 from .selection import prune_lowest
 from .targets import Target, find_targets
-from .ticket_file import export_plain, load_ticket, read_ticket_info, save_ticket
-
-__version__ = "0.1.0"
+from .ticket_file import read_ticket_info, save_ticket
+from .ticket_io import export_plain, load_ticket
+from ._version import __version__
 
 __all__ = [
     "BACKENDS",

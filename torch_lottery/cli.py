@@ -56,9 +56,9 @@ def _run_inspect(args: argparse.Namespace) -> int:
         info = read_ticket_info(args.file)
         if args.verify:
             read_ticket_tensors(args.file)
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError) as exc:  # every bad file is one of these: a message, never a traceback
         print(f"torch-lottery inspect: error: {exc}", file=sys.stderr)
-        return 1
+        return 2
     if args.json:
         print(json.dumps(info, indent=2, sort_keys=True))
         return 0

@@ -1,4 +1,4 @@
-"""Ticket files: write and read lottery tickets as safetensors files, and export pruned models as plain ones.
+"""The ticket file format: masks, rewind weights and settings as one safetensors file (no engine needed).
 
 A ticket file is one ``.safetensors`` file. Its tensors are named by role and canonical FQN:
 
@@ -15,44 +15,56 @@ come back as zeros, which changes nothing the model computes.
 
 The header's string metadata holds the format name and version, library and torch versions, the ticket's
 configuration, round, history, per-tensor sparsity, target FQNs, the model's architecture (canonical tensor
-shapes) and a SHA-256 checksum over metadata and tensors. Nothing is ever unpickled, and writes are atomic.
+shapes) and a SHA-256 checksum over metadata and tensors. Nothing is ever unpickled; files are written and
+read through :mod:`torch_lottery.files` (atomic writes, a validated header before any tensor data is read).
+
+This module works on plain data (FQN-keyed tensors, a settings dict, the ticket's ``state_dict()``) and never
+imports the engine: :func:`write_ticket` writes, :func:`read_ticket_tensors` and :func:`read_ticket_info` read,
+and :func:`save_ticket` writes a ticket through its public ``state_dict()``. Loading a file into a model as a
+LotteryTicket is :func:`torch_lottery.load_ticket` (:mod:`torch_lottery.ticket_io`).
 """
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import logging
 import math
 import os
-import struct
-import tempfile
 from dataclasses import dataclass, field
-from typing import Any, Iterator, Mapping, Union
+from typing import Any, Mapping, Union
 
-import safetensors.torch
 import torch
 from torch import Tensor, nn
 
-from .lottery import LotteryTicket
+from ._version import __version__
+from .files import (
+    DTYPE_NAMES,
+    SafetensorsHeader,
+    load_json,
+    read_safetensors,
+    read_safetensors_header,
+    write_safetensors_streaming,
+)
 from .masking import pack_bits, unpack_bits
-from .targets import canonical_name, named_state_tensors, unwrap_model
+from .targets import named_state_tensors
 
 __all__ = [
     "FORMAT_NAME",
     "FORMAT_VERSION",
     "ENCODINGS",
+    "ROLES",
     "pack_mask",
     "unpack_mask",
     "compact_values",
     "expand_values",
+    "write_ticket",
     "save_ticket",
-    "load_ticket",
     "read_ticket_info",
     "read_ticket_tensors",
-    "export_plain",
     "TicketTensors",
+    "check_architecture",
+    "check_tensors_fit",
 ]
 
 logger = logging.getLogger(__name__)
@@ -63,7 +75,6 @@ FORMAT_NAME = "torch_lottery.ticket"
 FORMAT_VERSION = 1
 ENCODINGS = ("compact", "dense")
 ROLES = ("mask", "rewind", "trained")
-_MAX_HEADER_BYTES = 100_000_000  # safetensors' own limit
 _CHECKSUM_KEY = "checksum"
 
 
@@ -256,72 +267,12 @@ def _model_class(model: nn.Module) -> str:
 
 
 # --------------------------------------------------------------------------------------------------------------
-# Atomic write and raw read
+# Reading
 # --------------------------------------------------------------------------------------------------------------
 
 
-def _new_file_mode(path: str) -> int:
-    try:
-        return os.stat(path).st_mode & 0o777
-    except FileNotFoundError:
-        umask = os.umask(0)
-        os.umask(umask)
-        return 0o666 & ~umask
-
-
-def _atomic_save(tensors: dict[str, Tensor], metadata: dict[str, str], path: PathLike) -> None:
-    """Write a safetensors file so that ``path`` is either its old self or the complete new file, never half."""
-    target = os.path.abspath(os.fspath(path))
-    directory, base = os.path.split(target)
-    fd, tmp = tempfile.mkstemp(prefix=f".{base}.", suffix=".tmp", dir=directory)
-    os.close(fd)
-    try:
-        safetensors.torch.save_file(tensors, tmp, metadata=metadata)
-        os.chmod(tmp, _new_file_mode(target))
-        with open(tmp, "rb+") as handle:
-            os.fsync(handle.fileno())
-        os.replace(tmp, target)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    with contextlib.suppress(OSError):  # make the rename itself durable where the platform allows it
-        dir_fd = os.open(directory, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
-
-
-def _read_header(handle_bytes: bytes, fn: str, path: PathLike) -> dict[str, Any]:
-    """Parse a safetensors header (the 8-byte length, then JSON) without touching the tensor data."""
-    if len(handle_bytes) < 8:
-        raise ValueError(
-            f"{fn}(): path={os.fspath(path)!r} is too short to be a safetensors file ({len(handle_bytes)} bytes); "
-            "pass a ticket file written by save_ticket()"
-        )
-    (length,) = struct.unpack("<Q", handle_bytes[:8])
-    if length > _MAX_HEADER_BYTES or 8 + length > len(handle_bytes):
-        raise ValueError(
-            f"{fn}(): path={os.fspath(path)!r} has a header length of {length} bytes that does not fit the file; "
-            "the file is truncated or not a safetensors file"
-        )
-    try:
-        header = json.loads(handle_bytes[8 : 8 + length].decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
-        raise ValueError(
-            f"{fn}(): path={os.fspath(path)!r} has an unreadable safetensors header ({exc}); "
-            "the file is corrupt or not a safetensors file"
-        ) from exc
-    if not isinstance(header, dict):
-        raise ValueError(f"{fn}(): path={os.fspath(path)!r} has a safetensors header that is not a JSON object")
-    return header
-
-
-def _header_metadata(header: Mapping[str, Any], fn: str, path: PathLike) -> dict[str, str]:
-    meta = header.get("__metadata__", {})
-    if not isinstance(meta, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in meta.items()):
-        raise ValueError(f"{fn}(): path={os.fspath(path)!r} has metadata that is not a str -> str mapping")
+def _header_metadata(meta: Mapping[str, str], fn: str, path: PathLike) -> dict[str, str]:
+    """Check the format name and version in a header's (already ``str -> str``) metadata."""
     fmt = meta.get("format")
     if fmt != FORMAT_NAME:
         hint = (
@@ -371,12 +322,7 @@ def _decode_metadata(meta: Mapping[str, str], fn: str, path: PathLike) -> dict[s
     for key, kind in _JSON_FIELDS.items():
         if key not in meta:
             raise ValueError(f"{fn}(): path={os.fspath(path)!r} lacks the metadata entry {key!r}; the file is corrupt")
-        try:
-            value = json.loads(meta[key])
-        except (json.JSONDecodeError, RecursionError) as exc:
-            raise ValueError(
-                f"{fn}(): path={os.fspath(path)!r} has unreadable JSON in metadata entry {key!r} ({exc})"
-            ) from exc
+        value = load_json(meta[key], what=f"metadata entry {key!r}", where=f"path={os.fspath(path)!r}", fn=fn)
         if kind is float and isinstance(value, int) and not isinstance(value, bool):
             value = float(value)
         if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
@@ -455,9 +401,6 @@ def _decode_tensors(
     for role, dest in (("rewind", out.rewind), ("trained", out.trained)):
         for fqn, key in by_role[role].items():
             stored, shape = tensors[key], tuple(layout[key])
-            if not (stored.is_floating_point() or stored.dtype in (torch.int64, torch.int32, torch.bool,
-                                                                    torch.uint8, torch.int8, torch.int16)):
-                raise ValueError(f"{where} has tensor {key!r} of unsupported dtype {stored.dtype}")
             if fqn in out.masks:
                 mask = out.masks[fqn]
                 if tuple(mask.shape) != shape:
@@ -486,19 +429,45 @@ def _decode_tensors(
     return out
 
 
-def _read_file(path: PathLike, fn: str) -> TicketTensors:
-    """Read, checksum and decode a whole ticket file. Raises only ``OSError`` or ``ValueError``."""
-    with open(os.fspath(path), "rb") as handle:
-        data = handle.read()
-    header = _read_header(data, fn, path)
-    meta = _header_metadata(header, fn, path)
-    try:
-        tensors = safetensors.torch.load(data)
-    except Exception as exc:  # safetensors raises SafetensorError (an Exception) on malformed files
+def _check_stored_sizes(header: SafetensorsHeader, meta: Mapping[str, Any], fn: str, path: PathLike) -> None:
+    """Before any tensor data is read: the header's tensors are the layout's, none larger than its shape allows."""
+    where = f"{fn}(): path={os.fspath(path)!r}"
+    layout: Mapping[str, list[int]] = meta["layout"]
+    missing = sorted(set(layout) - set(header.tensors))
+    unexpected = sorted(set(header.tensors) - set(layout))
+    if missing or unexpected:
         raise ValueError(
-            f"{fn}(): path={os.fspath(path)!r} is not a valid safetensors file ({exc}); "
-            "it is truncated or corrupt, save the ticket again"
-        ) from exc
+            f"{where} has missing tensors {missing[:5]!r} and unexpected tensors {unexpected[:5]!r} "
+            "compared with its layout; the file is corrupt or was edited"
+        )
+    for key, entry in header.tensors.items():
+        start, stop = entry["data_offsets"]
+        bound = math.prod(layout[key]) * DTYPE_NAMES[entry["dtype"]].itemsize
+        if stop - start > bound:
+            raise ValueError(
+                f"{where} stores {stop - start} bytes for {key!r} but its layout shape {tuple(layout[key])} holds "
+                f"at most {bound} as {entry['dtype']}; the file is corrupt or was edited"
+            )
+
+
+def _read_file(path: PathLike, fn: str, *, model: nn.Module | None = None) -> TicketTensors:
+    """Read, checksum and decode a whole ticket file. Raises only ``OSError`` or ``ValueError``.
+
+    Before any tensor data is read, the safetensors header is validated against the file's size
+    (:func:`torch_lottery.files.read_safetensors`), the format, version and metadata are decoded, the stored
+    tensors are checked against the layout (names, and no more bytes than each full shape holds) and, given
+    ``model``, the architecture is checked against it. Then each tensor is read straight from its offsets.
+    """
+    decoded: dict[str, Any] = {}
+
+    def check(header: SafetensorsHeader) -> None:
+        decoded.update(_decode_metadata(_header_metadata(header.metadata, fn, path), fn, path))
+        _check_stored_sizes(header, decoded, fn, path)
+        if model is not None:
+            check_architecture(decoded, model, fn, path)
+
+    tensors, raw_meta = read_safetensors(path, fn=fn, check=check)
+    meta = dict(raw_meta)
     stored_sum = meta.get(_CHECKSUM_KEY)
     actual = _checksum(tensors, meta)
     if stored_sum != actual:
@@ -506,8 +475,69 @@ def _read_file(path: PathLike, fn: str) -> TicketTensors:
             f"{fn}(): path={os.fspath(path)!r} fails its checksum (stored {stored_sum!r}); the file was "
             "corrupted or modified after saving, save the ticket again"
         )
-    decoded = _decode_metadata(meta, fn, path)
     return _decode_tensors(tensors, decoded, fn, path)
+
+
+def check_architecture(metadata: Mapping[str, Any], model: nn.Module, fn: str, path: PathLike) -> None:
+    """Raise ValueError unless ``model`` has the architecture in a file's decoded metadata.
+
+    Compares the saved canonical FQNs and shapes (``metadata["architecture"]``) with the model's, and every
+    stored tensor's full shape (``metadata["layout"]``) with the model's tensor of that FQN. Needs only the
+    header, so a loader can refuse a file made for another model before reading its tensors.
+    """
+    where = f"{fn}(): path={os.fspath(path)!r}"
+    current = named_state_tensors(model, buffers=True)
+    expected = metadata["architecture"]
+    missing = sorted(set(expected) - set(current))
+    unexpected = sorted(set(current) - set(expected))
+    reshaped = sorted(k for k in set(expected) & set(current) if list(current[k].shape) != expected[k])
+    if missing or unexpected or reshaped:
+        details = []
+        if missing:
+            details.append(f"missing from the model: {missing[:5]!r}")
+        if unexpected:
+            details.append(f"not in the ticket: {unexpected[:5]!r}")
+        if reshaped:
+            details.append(
+                "different shapes: "
+                + ", ".join(f"{k} {tuple(current[k].shape)} vs {tuple(expected[k])}" for k in reshaped[:5])
+            )
+        raise ValueError(
+            f"{where} was saved from a {metadata.get('model_class')} whose tensors differ from "
+            f"model={_model_class(model)} ({'; '.join(details)}); build the architecture the ticket was found on"
+        )
+    for key, shape in metadata["layout"].items():
+        role, _, fqn = key.partition("/")
+        if fqn not in current:
+            raise ValueError(f"{where} stores {key} but the model has no tensor {fqn!r}; the file is corrupt")
+        if list(shape) != list(current[fqn].shape):
+            raise ValueError(
+                f"{where} stores {key} with shape {tuple(shape)} but the model's is {tuple(current[fqn].shape)}; "
+                "the file is corrupt"
+            )
+
+
+def check_tensors_fit(content: TicketTensors, model: nn.Module, fn: str, path: PathLike) -> None:
+    """Raise ValueError unless ``model`` has the saved architecture and every decoded tensor fits it."""
+    check_architecture(content.metadata, model, fn, path)
+    where = f"{fn}(): path={os.fspath(path)!r}"
+    current = named_state_tensors(model, buffers=True)
+    for role, weights in (("mask", content.masks), ("rewind", content.rewind), ("trained", content.trained)):
+        for fqn, value in weights.items():
+            if fqn not in current:
+                raise ValueError(
+                    f"{where} stores {role}/{fqn} but the model has no tensor {fqn!r}; the file is corrupt"
+                )
+            if list(value.shape) != list(current[fqn].shape):
+                raise ValueError(
+                    f"{where} stores {role}/{fqn} with shape {tuple(value.shape)} but the model's is "
+                    f"{tuple(current[fqn].shape)}; the file is corrupt"
+                )
+            if role != "mask" and value.dtype != current[fqn].dtype:
+                raise ValueError(
+                    f"{where} stores {role}/{fqn} as {value.dtype} but the model holds {current[fqn].dtype}; "
+                    f"convert the model with model.to({value.dtype}) before loading"
+                )
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -515,8 +545,91 @@ def _read_file(path: PathLike, fn: str) -> TicketTensors:
 # --------------------------------------------------------------------------------------------------------------
 
 
+_STATE_KEYS = ("config", "round", "history", "masks", "rewind_weights")
+
+
+def write_ticket(
+    path: PathLike,
+    state: Mapping[str, Any],
+    *,
+    model: nn.Module,
+    trained: Mapping[str, Tensor] | None = None,
+    encoding: str = "compact",
+    metadata: Mapping[str, str] | None = None,
+    fn: str = "write_ticket",
+) -> None:
+    """Write a ticket file from plain data: a ticket's ``state_dict()`` and the model it prunes.
+
+    Args:
+        path: destination file (conventionally ``*.safetensors``); written atomically.
+        state: ``"config"`` (the settings dict), ``"round"``, ``"history"``, ``"masks"`` (FQN -> bool mask, one
+            per target, in target order), ``"rewind_weights"`` (FQN -> tensor), and optionally
+            ``"rewind_captured"`` and ``"steps"``, as ``LotteryTicket.state_dict()`` returns them.
+        model: the (unwrapped) model the masks belong to; only its class name and canonical tensor shapes
+            are stored, so a loader can check it gets the same architecture.
+        trained: FQN -> tensor stored under ``trained/`` (the model's current weights), or None.
+        encoding: ``"compact"`` or ``"dense"`` (see the module docstring).
+        metadata: extra ``str -> str`` header entries; they may not override the format's keys.
+        fn: the public function to name in error messages.
+
+    Raises:
+        ValueError: on an unknown ``encoding``, a ``state`` without the keys above, or clashing ``metadata``.
+        TypeError: if ``metadata`` is not ``str -> str`` or ``model`` is not an ``nn.Module``.
+        OSError: if the file cannot be written (``path`` is then left as it was).
+
+    Example:
+        >>> ticket = LotteryTicket(nn.Sequential(nn.Linear(4, 3)), rate=0.5)  # doctest: +SKIP
+        >>> write_ticket("t.safetensors", ticket.state_dict(), model=ticket.model)  # doctest: +SKIP
+    """
+    if encoding not in ENCODINGS:
+        raise ValueError(f"{fn}(): encoding={encoding!r} is not supported; use one of {ENCODINGS!r}")
+    if metadata is not None and not all(isinstance(k, str) and isinstance(v, str) for k, v in metadata.items()):
+        raise TypeError(f"{fn}(): metadata must map str to str; convert values with str() or json.dumps()")
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"{fn}(): model={_describe(model)} is not an nn.Module; pass the model the masks belong to")
+    missing = [key for key in _STATE_KEYS if key not in state]
+    if missing:
+        raise ValueError(f"{fn}(): state lacks {missing!r}; pass LotteryTicket.state_dict()")
+    masks = {fqn: mask.detach().cpu().to(torch.bool) for fqn, mask in state["masks"].items()}
+    targets = list(masks)
+    tensors, layout = _encode(masks=masks, rewind=state["rewind_weights"], trained=trained, encoding=encoding)
+    config = state["config"]
+    summary = _mask_summary(masks)
+    total = sum(row["numel"] for row in summary)
+    sparsity = 1.0 - sum(row["remaining"] for row in summary) / total if total else 0.0
+    meta: dict[str, str] = {
+        "format": FORMAT_NAME,
+        "format_version": str(FORMAT_VERSION),
+        "encoding": encoding,
+        "torch_lottery_version": __version__,
+        "torch_version": torch.__version__,
+        "model_class": _model_class(model),
+        "round": json.dumps(int(state["round"])),
+        "sparsity": json.dumps(float(sparsity)),
+        "scope": json.dumps(config.get("scope")),
+        "rewind": json.dumps(config.get("rewind")),
+        "seed": json.dumps(config.get("seed")),
+        "rewind_captured": json.dumps(bool(state.get("rewind_captured", True))),
+        "steps": json.dumps(int(state.get("steps", 0))),
+        "include_trained": json.dumps(trained is not None),
+        "config": json.dumps(config, sort_keys=True),
+        "history": json.dumps(state["history"]),
+        "summary": json.dumps(summary),
+        "targets": json.dumps(targets),
+        "layout": json.dumps(layout),
+        "architecture": json.dumps(_architecture(model)),
+    }
+    clash = sorted(set(metadata or {}) & (set(meta) | {_CHECKSUM_KEY}))
+    if clash:
+        raise ValueError(f"{fn}(): metadata keys {clash!r} are reserved by the ticket format; rename them")
+    meta.update(metadata or {})
+    meta[_CHECKSUM_KEY] = _checksum(tensors, meta)
+    write_safetensors_streaming(tensors, path, metadata=meta, fn=fn)
+    logger.info("saved ticket (%s, round %s, %d targets) to %s", encoding, state["round"], len(targets), path)
+
+
 def save_ticket(
-    ticket: LotteryTicket,
+    ticket: Any,
     path: PathLike,
     *,
     encoding: str = "compact",
@@ -528,6 +641,8 @@ def save_ticket(
     The write is atomic: a temporary file in the same directory is written, flushed to disk and renamed over
     ``path``, so a crash leaves either the previous file or the complete new one (and possibly a stray
     ``.<name>.*.tmp`` file), never a half-written ``path``. The ticket and its model are not modified.
+    The ticket is read through its public ``state_dict()``, ``target_fqns``, ``model`` and ``live_tensors()``
+    and written by :func:`write_ticket`.
 
     Args:
         ticket: the :class:`~torch_lottery.LotteryTicket` to save.
@@ -549,68 +664,46 @@ def save_ticket(
         >>> ticket2 = torch_lottery.load_ticket("lenet_ticket.safetensors", LeNet())  # doctest: +SKIP
     """
     fn = "save_ticket"
-    if not isinstance(ticket, LotteryTicket):
+    if not all(callable(getattr(ticket, name, None)) for name in ("state_dict", "live_tensors")) or not (
+        isinstance(getattr(ticket, "model", None), nn.Module) and hasattr(ticket, "target_fqns")
+    ):
         raise TypeError(f"{fn}(): ticket={_describe(ticket)} is not a LotteryTicket; pass the ticket to save")
     if encoding not in ENCODINGS:
         raise ValueError(f"{fn}(): encoding={encoding!r} is not supported; use one of {ENCODINGS!r}")
     if not isinstance(include_trained, bool):
         raise TypeError(f"{fn}(): include_trained={include_trained!r} must be a bool")
-    if metadata is not None and not all(isinstance(k, str) and isinstance(v, str) for k, v in metadata.items()):
-        raise TypeError(f"{fn}(): metadata must map str to str; convert values with str() or json.dumps()")
-    state = ticket.state_dict()
-    targets = list(ticket.target_fqns)
-    masks = {fqn: state["masks"][fqn].to(torch.bool) for fqn in targets}
+    state = dict(ticket.state_dict())
+    state["masks"] = {fqn: state["masks"][fqn] for fqn in ticket.target_fqns}
     trained = {k: v.detach().cpu() for k, v in ticket.live_tensors().items()} if include_trained else None
-    tensors, layout = _encode(masks=masks, rewind=state["rewind_weights"], trained=trained, encoding=encoding)
-    config = state["config"]
-    from torch_lottery import __version__
-
-    meta: dict[str, str] = {
-        "format": FORMAT_NAME,
-        "format_version": str(FORMAT_VERSION),
-        "encoding": encoding,
-        "torch_lottery_version": __version__,
-        "torch_version": torch.__version__,
-        "model_class": _model_class(ticket.model),
-        "round": json.dumps(int(state["round"])),
-        "sparsity": json.dumps(float(ticket.sparsity)),
-        "scope": json.dumps(config.get("scope")),
-        "rewind": json.dumps(config.get("rewind")),
-        "seed": json.dumps(config.get("seed")),
-        "rewind_captured": json.dumps(bool(state.get("rewind_captured", True))),
-        "steps": json.dumps(int(state.get("steps", 0))),
-        "include_trained": json.dumps(include_trained),
-        "config": json.dumps(config, sort_keys=True),
-        "history": json.dumps(state["history"]),
-        "summary": json.dumps(_mask_summary(masks)),
-        "targets": json.dumps(targets),
-        "layout": json.dumps(layout),
-        "architecture": json.dumps(_architecture(ticket.model)),
-    }
-    clash = sorted(set(metadata or {}) & (set(meta) | {_CHECKSUM_KEY}))
-    if clash:
-        raise ValueError(f"{fn}(): metadata keys {clash!r} are reserved by the ticket format; rename them")
-    meta.update(metadata or {})
-    meta[_CHECKSUM_KEY] = _checksum(tensors, meta)
-    _atomic_save(tensors, meta, path)
-    logger.info("saved ticket (%s, round %s, %d targets) to %s", encoding, state["round"], len(targets), path)
+    write_ticket(path, state, model=ticket.model, trained=trained, encoding=encoding, metadata=metadata, fn=fn)
 
 
 def read_ticket_tensors(path: PathLike) -> TicketTensors:
     """Read and fully validate a ticket file without touching any model.
 
+    The safetensors header is validated (and the file's size checked against it) before any tensor data is
+    read; then every tensor, the checksum, the metadata and the mask counts are checked.
+
     Returns:
         :class:`TicketTensors` with full-shape CPU masks and weights and the decoded metadata.
 
     Raises:
-        ValueError: if the file is not an intact ticket file of a supported version.
+        ValueError: if the file is not an intact ticket file of a supported version, or not a regular file.
         OSError: if the file cannot be read.
+
+    Example:
+        >>> content = read_ticket_tensors("lenet_ticket.safetensors")  # doctest: +SKIP
+        >>> content.masks["fc1.weight"].float().mean()  # doctest: +SKIP
     """
     return _read_file(path, "read_ticket_tensors")
 
 
 def read_ticket_info(path: PathLike) -> dict[str, Any]:
     """Read a ticket file's metadata (header only; no tensor data is read or checked).
+
+    The header is validated as by :func:`torch_lottery.files.read_safetensors_header` (a bounded length,
+    strict JSON, offsets that tile the data and match the file's size), so at most 8 bytes plus the header
+    are read.
 
     Returns:
         dict with the decoded metadata: ``format``, ``format_version``, ``encoding``, ``torch_lottery_version``,
@@ -620,7 +713,7 @@ def read_ticket_info(path: PathLike) -> dict[str, Any]:
         ``file_size`` (bytes) and ``tensor_bytes`` (bytes stored per role, from the header).
 
     Raises:
-        ValueError: if the file is not a ticket file of a supported version.
+        ValueError: if the file is not a ticket file of a supported version, or not a regular file.
         OSError: if the file cannot be read.
 
     Example:
@@ -629,289 +722,21 @@ def read_ticket_info(path: PathLike) -> dict[str, Any]:
         (10, 0.8926...)
     """
     fn = "read_ticket_info"
-    size = os.path.getsize(os.fspath(path))
-    with open(os.fspath(path), "rb") as handle:
-        prefix = handle.read(8)
-        if len(prefix) == 8:
-            (length,) = struct.unpack("<Q", prefix)
-            prefix += handle.read(min(length, _MAX_HEADER_BYTES + 1))
-    header = _read_header(prefix, fn, path)
-    meta = _header_metadata(header, fn, path)
+    header = read_safetensors_header(path, fn=fn)
+    meta = _header_metadata(header.metadata, fn, path)
     info = _decode_metadata(meta, fn, path)
     for key in ("scope", "rewind", "seed"):
         info[key] = info["config"].get(key)
     tensor_bytes = {role: 0 for role in ROLES}
-    for name, entry in header.items():
-        if name == "__metadata__":
-            continue
-        try:
-            start, stop = entry["data_offsets"]
-            tensor_bytes[name.partition("/")[0]] += int(stop) - int(start)
-        except (KeyError, TypeError, ValueError) as exc:
-            raise ValueError(f"{fn}(): path={os.fspath(path)!r} has a malformed header entry {name!r}") from exc
-    info["file_size"] = size
+    for name, entry in header.tensors.items():
+        role = name.partition("/")[0]
+        if role not in tensor_bytes:
+            raise ValueError(
+                f"{fn}(): path={os.fspath(path)!r} has a tensor named {name!r}; expected 'mask/', 'rewind/' or "
+                "'trained/' + FQN"
+            )
+        start, stop = entry["data_offsets"]
+        tensor_bytes[role] += stop - start
+    info["file_size"] = header.file_size
     info["tensor_bytes"] = tensor_bytes
     return info
-
-
-@contextlib.contextmanager
-def _rollback_on_error(model: nn.Module) -> Iterator[None]:
-    """Restore ``model`` exactly (tensor values, Parameter objects, hooks, attributes) if the body raises."""
-    saved = []
-    for module in model.modules():
-        tensors = [t for t in list(module._parameters.values()) + list(module._buffers.values()) if t is not None]
-        saved.append(
-            (
-                module,
-                dict(module._parameters),
-                dict(module._buffers),
-                dict(module._forward_pre_hooks),
-                dict(module.__dict__),
-                {id(t): t.detach().clone() for t in tensors},
-            )
-        )
-    try:
-        yield
-    except BaseException:
-        with torch.no_grad():
-            for module, params, buffers, hooks, attrs, values in saved:
-                for name in set(module.__dict__) - set(attrs):
-                    delattr(module, name)
-                module.__dict__.update(attrs)
-                for live, old in ((module._parameters, params), (module._buffers, buffers),
-                                  (module._forward_pre_hooks, hooks)):
-                    live.clear()
-                    live.update(old)
-                for tensor in list(params.values()) + list(buffers.values()):
-                    if tensor is not None:
-                        tensor.copy_(values[id(tensor)])
-        raise
-
-
-def _check_against_model(content: TicketTensors, model: nn.Module, fn: str, path: PathLike) -> None:
-    """Raise ValueError unless ``model`` has the saved architecture and every stored tensor fits it."""
-    where = f"{fn}(): path={os.fspath(path)!r}"
-    current = named_state_tensors(model, buffers=True)
-    expected = content.metadata["architecture"]
-    missing = sorted(set(expected) - set(current))
-    unexpected = sorted(set(current) - set(expected))
-    reshaped = sorted(k for k in set(expected) & set(current) if list(current[k].shape) != expected[k])
-    if missing or unexpected or reshaped:
-        details = []
-        if missing:
-            details.append(f"missing from the model: {missing[:5]!r}")
-        if unexpected:
-            details.append(f"not in the ticket: {unexpected[:5]!r}")
-        if reshaped:
-            details.append(
-                "different shapes: "
-                + ", ".join(f"{k} {tuple(current[k].shape)} vs {tuple(expected[k])}" for k in reshaped[:5])
-            )
-        raise ValueError(
-            f"{where} was saved from a {content.metadata.get('model_class')} whose tensors differ from "
-            f"model={_model_class(model)} ({'; '.join(details)}); build the architecture the ticket was found on"
-        )
-    for role, weights in (("mask", content.masks), ("rewind", content.rewind), ("trained", content.trained)):
-        for fqn, value in weights.items():
-            if fqn not in current:
-                raise ValueError(
-                    f"{where} stores {role}/{fqn} but the model has no tensor {fqn!r}; the file is corrupt"
-                )
-            if list(value.shape) != list(current[fqn].shape):
-                raise ValueError(
-                    f"{where} stores {role}/{fqn} with shape {tuple(value.shape)} but the model's is "
-                    f"{tuple(current[fqn].shape)}; the file is corrupt"
-                )
-            if role != "mask" and value.dtype != current[fqn].dtype:
-                raise ValueError(
-                    f"{where} stores {role}/{fqn} as {value.dtype} but the model holds {current[fqn].dtype}; "
-                    f"convert the model with model.to({value.dtype}) before loading"
-                )
-
-
-def load_ticket(
-    path: PathLike,
-    model: nn.Module,
-    *,
-    weights: str = "rewind",
-    optimizer: torch.optim.Optimizer | None = None,
-    scheduler: Any = None,
-    criterion: Any = None,
-    snapshot_device: str | torch.device | None = None,
-) -> LotteryTicket:
-    """Load a ticket file into a freshly built model and return a LotteryTicket that can keep pruning.
-
-    Everything is validated before the model is touched: the file's integrity (checksum), format version,
-    tensor names, shapes, dtypes and mask counts, the saved settings, and that ``model`` has the architecture
-    the ticket was found on. Then the masks are installed through ``torch.nn.utils.prune`` and the weights
-    copied in place (Parameter objects keep their identity). If anything fails, the model is left exactly as
-    it was.
-
-    With ``weights="rewind"`` the model holds the ticket's rewind point (theta_0 or theta_k; for
-    ``rewind="reinit"`` tickets, the same seeded re-initialization), so training it reproduces the ticket.
-    Tensors not in the snapshot (``restore="params"`` leaves out buffers, ``"targets"`` everything else)
-    keep the fresh model's values. A compact file holds zeros at pruned positions.
-
-    Args:
-        path: a file written by :func:`save_ticket` / :meth:`LotteryTicket.save`.
-        model: a fresh (unpruned) instance of the architecture the ticket was found on, with the same dtypes.
-        weights: ``"rewind"`` loads the rewind weights; ``"trained"`` loads the trained weights (a file saved
-            with ``include_trained=True``) and keeps the rewind point for the next round.
-        optimizer, scheduler: handed to the new ticket (they are not saved in the file).
-        criterion: the scoring callable, needed when the ticket was found with a custom criterion (the file
-            stores only its name).
-        snapshot_device: overrides the saved one (a CUDA device falls back to ``"cpu"`` when CUDA is absent).
-
-    Returns:
-        A :class:`~torch_lottery.LotteryTicket` with the saved settings, round, history, masks and rewind
-        point; ``with ticket:`` runs the next IMP round.
-
-    Raises:
-        ValueError: if the file is corrupt, truncated, tampered with, of another format or version, or made
-            for a different architecture; or on a bad ``weights``.
-        TypeError: if ``model`` is not an ``nn.Module``.
-        OSError: if the file cannot be read.
-
-    Example:
-        >>> ticket = torch_lottery.load_ticket("resnet18_ticket.safetensors", torchvision.models.resnet18())  # doctest: +SKIP
-        >>> with ticket:  # doctest: +SKIP
-        ...     train(ticket.model)
-    """
-    fn = "load_ticket"
-    if weights not in ("rewind", "trained"):
-        raise ValueError(f"{fn}(): weights={weights!r} is not supported; use 'rewind' or 'trained'")
-    if not isinstance(model, nn.Module):
-        raise TypeError(f"{fn}(): model={_describe(model)} is not an nn.Module; pass a fresh model instance")
-    content = _read_file(path, fn)
-    if weights == "trained" and not content.trained:
-        raise ValueError(
-            f"{fn}(): path={os.fspath(path)!r} has no trained weights; save with include_trained=True "
-            "or load weights='rewind'"
-        )
-    model = unwrap_model(model)
-    _check_against_model(content, model, fn, path)
-    meta = content.metadata
-    config = dict(meta["config"])
-    overrides: dict[str, Any] = {"optimizer": optimizer, "scheduler": scheduler}
-    if criterion is not None:
-        overrides["criterion"] = criterion
-    device = snapshot_device if snapshot_device is not None else config.get("snapshot_device", "cpu")
-    if str(device).startswith("cuda") and not torch.cuda.is_available():
-        logger.info("load_ticket(): snapshot_device %r unavailable; keeping the snapshot on the CPU", device)
-        device = "cpu"
-    overrides["snapshot_device"] = device
-    state = {
-        "config": config,
-        "round": meta["round"],
-        "history": meta["history"],
-        "masks": content.masks,
-        "rewind_weights": content.rewind,
-        "rewind_captured": meta["rewind_captured"],
-        "steps": meta["steps"],
-    }
-    values = content.rewind if weights == "rewind" else content.trained
-    with _rollback_on_error(model):  # building the ticket adopts masks already in the model: roll that back too
-        try:
-            ticket = LotteryTicket.from_config(model, config, **overrides)
-        except (TypeError, ValueError) as exc:
-            raise ValueError(
-                f"{fn}(): path={os.fspath(path)!r} holds settings this model or library rejects ({exc}); "
-                "pass criterion= for a custom criterion, or build the architecture the ticket was found on"
-            ) from exc
-        if ticket.target_fqns != meta["targets"]:
-            raise ValueError(
-                f"{fn}(): path={os.fspath(path)!r} targets {meta['targets'][:5]!r}... but its settings select "
-                f"{ticket.target_fqns[:5]!r}... in this model; build the architecture the ticket was found on"
-            )
-        ticket.load_state_dict(state)
-        live = ticket.live_tensors()
-        with torch.no_grad():
-            for fqn, value in values.items():
-                live[fqn].copy_(value)
-        if weights == "rewind" and ticket.rewind == "reinit" and ticket.round > 0:
-            ticket.rewind_()  # the same seeded re-initialization the saved round ended with
-        for target in ticket.targets:
-            ticket.backend.refresh_(target)
-    logger.info("loaded ticket from %s (round %d, sparsity %.4f)", path, ticket.round, ticket.sparsity)
-    return ticket
-
-
-def export_plain(
-    model_or_ticket: nn.Module | LotteryTicket, path: PathLike, *, metadata: Mapping[str, str] | None = None
-) -> None:
-    """Write a pruned model as an ordinary safetensors state dict: zeros baked in, original key names.
-
-    No ``*_orig`` / ``*_mask`` keys are written, so ``safetensors.torch.load_model(fresh_model, path)``
-    loads the file into an unpruned instance of the same class. Tied weights are stored once, under the first
-    of their names in sorted order, with each other name recorded in the metadata (``{name: kept name}``) as
-    safetensors' ``save_model`` does. The model is not modified; the write is atomic.
-
-    Args:
-        model_or_ticket: a model pruned through ``torch.nn.utils.prune`` (or not pruned), or a LotteryTicket.
-        path: destination file.
-        metadata: extra ``str -> str`` header entries.
-
-    Raises:
-        TypeError: if ``model_or_ticket`` is neither a module nor a ticket.
-        ValueError: if tied weights are masked differently (a plain model holds them once).
-
-    Example:
-        >>> torch_lottery.export_plain(ticket, "resnet18_pruned.safetensors")  # doctest: +SKIP
-        >>> safetensors.torch.load_model(torchvision.models.resnet18(), "resnet18_pruned.safetensors")  # doctest: +SKIP
-    """
-    fn = "export_plain"
-    if isinstance(model_or_ticket, LotteryTicket):
-        model = model_or_ticket.model
-    elif isinstance(model_or_ticket, nn.Module):
-        model = unwrap_model(model_or_ticket)
-    else:
-        raise TypeError(f"{fn}(): model_or_ticket={_describe(model_or_ticket)} is neither an nn.Module nor a ticket")
-    if metadata is not None and not all(isinstance(k, str) and isinstance(v, str) for k, v in metadata.items()):
-        raise TypeError(f"{fn}(): metadata must map str to str; convert values with str() or json.dumps()")
-    state = model.state_dict(keep_vars=True)
-    modules = dict(model.named_modules(remove_duplicate=False))
-    plain: dict[str, Tensor] = {}
-    first_of: dict[tuple[Any, ...], tuple[str, Tensor]] = {}
-    for key, tensor in state.items():
-        prefix, _, local = key.rpartition(".")
-        module = modules[prefix]
-        name = canonical_name(module, local)
-        if name is None:  # prune's *_mask buffer
-            continue
-        fqn = f"{prefix}.{name}" if prefix else name
-        source = tensor.detach()
-        value = source
-        if name != local:  # *_orig: bake the mask in
-            mask = module._buffers[f"{name}_mask"]
-            value = torch.where(mask.to(torch.bool), source, torch.zeros((), dtype=source.dtype, device=source.device))
-        ident = (
-            source.device, source.untyped_storage().data_ptr(), source.storage_offset(),
-            tuple(source.shape), tuple(source.stride()), source.dtype,
-        )
-        if source.numel() and ident in first_of:
-            first_fqn, first_value = first_of[ident]
-            if not torch.equal(first_value, value.cpu()):
-                raise ValueError(
-                    f"{fn}(): tied tensors {first_fqn!r} and {fqn!r} differ after masking; a plain model holds "
-                    "them once, so mask every place of a tied weight alike (LotteryTicket does)"
-                )
-            plain[fqn] = first_value
-            continue
-        value = value.cpu().contiguous().clone()
-        if source.numel():
-            first_of[ident] = (fqn, value)
-        plain[fqn] = value
-    from torch_lottery import __version__
-
-    meta = {"format": "pt", "producer": f"torch_lottery {__version__} export_plain"}
-    groups: dict[int, list[str]] = {}
-    for fqn, value in plain.items():
-        groups.setdefault(id(value), []).append(fqn)
-    for names in groups.values():
-        keep, *drop = sorted(names)
-        for name in drop:
-            meta[name] = keep
-            del plain[name]
-    meta.update(metadata or {})
-    _atomic_save(plain, meta, path)
-    logger.info("exported plain state dict (%d tensors) to %s", len(plain), path)
