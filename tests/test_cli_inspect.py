@@ -37,8 +37,8 @@ def test_inspect_prints_metadata_and_a_per_tensor_sparsity_table(ticket_path, ca
     # layer-wise rate 0.5 twice: 200 -> 100 -> 50 and 100 -> 50 -> 25 of 300 weights remain
     assert "sparsity:      75.00% (75 of 300 target weights remain)" in out
     rows = {line.split()[0]: line.split()[1:] for line in out.splitlines() if line.startswith(("0.", "2.", "total"))}
-    assert rows["0.weight"] == ["20x10", "200", "50", "75.00%"]
-    assert rows["2.weight"] == ["5x20", "100", "25", "75.00%"]
+    assert rows["0.weight"] == ["20x10", "50", "75.00%"]
+    assert rows["2.weight"] == ["5x20", "25", "75.00%"]
     assert rows["total"] == ["300", "75", "75.00%"]
 
 

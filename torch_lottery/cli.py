@@ -29,7 +29,7 @@ def _add_inspect(subparsers: Any) -> None:
         "inspect",
         help="print a ticket file's metadata and per-tensor sparsity",
         description="Print a ticket file's metadata and a per-tensor sparsity table (reads the header only "
-        "unless --verify is given).",
+        "unless --verify is given). A file that is not an intact ticket file is one error line and exit status 2.",
     )
     parser.add_argument("file", help="a ticket file written by LotteryTicket.save / save_ticket")
     parser.add_argument("--json", action="store_true", help="print the metadata as one JSON object instead")
@@ -50,6 +50,7 @@ def _human_bytes(n: int) -> str:
 
 
 def _run_inspect(args: argparse.Namespace) -> int:
+    from torch_lottery.summary import format_table, totals
     from torch_lottery.ticket_file import read_ticket_info, read_ticket_tensors
 
     try:
@@ -63,8 +64,7 @@ def _run_inspect(args: argparse.Namespace) -> int:
         print(json.dumps(info, indent=2, sort_keys=True))
         return 0
     summary = info["summary"]
-    total = sum(row["numel"] for row in summary)
-    remaining = sum(row["remaining"] for row in summary)
+    remaining, total, _ = totals(summary)
     by_role = info["tensor_bytes"]
     lines = [
         f"file:          {args.file} ({_human_bytes(info['file_size'])})",
@@ -84,22 +84,7 @@ def _run_inspect(args: argparse.Namespace) -> int:
         lines.append("verified:      checksum, tensor names, shapes and mask counts are intact")
     print("\n".join(lines))
     print()
-    headers = ("tensor", "shape", "numel", "remaining", "sparsity")
-    rows = [
-        (
-            row["fqn"],
-            "x".join(str(d) for d in row["shape"]) or "scalar",
-            f"{row['numel']:,}",
-            f"{row['remaining']:,}",
-            f"{row['sparsity']:.2%}",
-        )
-        for row in summary
-    ]
-    rows.append(("total", "", f"{total:,}", f"{remaining:,}", f"{1 - remaining / total:.2%}" if total else "-"))
-    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(headers)]
-    print("  ".join(h.ljust(w) if i == 0 else h.rjust(w) for i, (h, w) in enumerate(zip(headers, widths))))
-    for row in rows:
-        print("  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths))))
+    print(format_table(summary))
     if args.history:
         print()
         for entry in info["history"]:

@@ -47,6 +47,7 @@ from .files import (
     write_safetensors_streaming,
 )
 from .masking import pack_bits, unpack_bits
+from .summary import mask_rows, totals
 from .targets import named_state_tensors
 
 __all__ = [
@@ -192,23 +193,6 @@ def _describe(obj: object) -> str:
     if isinstance(obj, Tensor):
         return f"<Tensor dtype={obj.dtype} shape={tuple(obj.shape)}>"
     return repr(obj) if len(repr(obj)) < 80 else f"<{type(obj).__name__}>"
-
-
-def _mask_summary(masks: Mapping[str, Tensor]) -> list[dict[str, Any]]:
-    rows = []
-    for fqn, mask in masks.items():
-        numel = mask.numel()
-        remaining = int(torch.count_nonzero(mask))
-        rows.append(
-            {
-                "fqn": fqn,
-                "shape": list(mask.shape),
-                "numel": numel,
-                "remaining": remaining,
-                "sparsity": (1.0 - remaining / numel) if numel else 0.0,
-            }
-        )
-    return rows
 
 
 def _checksum(tensors: Mapping[str, Tensor], metadata: Mapping[str, str]) -> str:
@@ -594,9 +578,8 @@ def write_ticket(
     targets = list(masks)
     tensors, layout = _encode(masks=masks, rewind=state["rewind_weights"], trained=trained, encoding=encoding)
     config = state["config"]
-    summary = _mask_summary(masks)
-    total = sum(row["numel"] for row in summary)
-    sparsity = 1.0 - sum(row["remaining"] for row in summary) / total if total else 0.0
+    summary = mask_rows(masks)
+    sparsity = totals(summary)[2]
     meta: dict[str, str] = {
         "format": FORMAT_NAME,
         "format_version": str(FORMAT_VERSION),
