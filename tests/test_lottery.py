@@ -9,7 +9,7 @@ from torch import nn
 from torch.nn.utils import prune
 
 from conftest import TinyMLP, lenet, train_steps
-from torch_lottery import LotteryTicket, per_round_rate, random_masks_like
+from torch_lottery import BACKENDS, LotteryTicket, per_round_rate, random_masks_like
 
 
 def effective(model: nn.Module, fqn: str) -> torch.Tensor:
@@ -648,7 +648,7 @@ def test_load_state_dict_can_rewind_the_model_too():
         assert torch.equal(fresh.state_dict()[k], v)
 
 
-@pytest.mark.parametrize("backend", ["prune", "baked"])
+@pytest.mark.parametrize("backend", sorted(BACKENDS))
 def test_live_tensors_are_the_parameters_the_optimizer_updates_under_canonical_names(backend):
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(4, 6), nn.BatchNorm1d(6), nn.Linear(6, 2))
