@@ -96,6 +96,9 @@ def _run_inspect(args: argparse.Namespace) -> int:
 
 
 def _add_reproduce(subparsers: Any) -> None:
+    from .backends import BACKENDS
+    from .reproduction.experiments import EXPERIMENTS
+
     p = subparsers.add_parser(
         "reproduce",
         help="reproduce the lottery-ticket experiments (winning tickets vs controls) on real data",
@@ -106,12 +109,16 @@ def _add_reproduce(subparsers: Any) -> None:
             "--full runs the paper's budget. Interrupted runs resume: rerun the same command."
         ),
     )
+    p.add_argument("--experiment", default="imp", choices=list(EXPERIMENTS),
+                   help="which experiment (default: imp); " + "; ".join(f"{e.name}: {e.help}"
+                                                                        for e in EXPERIMENTS.values()))
     p.add_argument("--full", action="store_true", help="the paper's budget (iterations, 16 rounds, 5 seeds)")
     p.add_argument("--model", default="lenet", choices=["lenet", "conv2", "conv4", "conv6"])
     p.add_argument("--dataset", default="fashion-mnist", choices=["fashion-mnist", "mnist", "cifar10"])
     p.add_argument("--data-dir", default="data", help="torchvision root (default: ./data)")
     p.add_argument("--download", action="store_true", help="let torchvision download missing data (needs internet)")
-    p.add_argument("--out", default=None, help="output directory (default: runs/<model>-<dataset>-<profile>)")
+    p.add_argument("--out", default=None, help="output directory (default: runs/<model>-<dataset>-<profile>, "
+                                               "runs/<experiment>-<model>-<dataset>-<profile> for other experiments)")
     p.add_argument("--iterations", type=int, default=None, help="training iterations per run (overrides profile)")
     p.add_argument("--rounds", type=int, default=None, help="iterative pruning rounds (overrides profile)")
     p.add_argument("--seeds", type=int, default=None, help="number of seeds 0..N-1 (overrides profile)")
@@ -125,14 +132,15 @@ def _add_reproduce(subparsers: Any) -> None:
                         "on a busy machine)")
     p.add_argument("--jobs", type=int, default=None,
                    help="worker processes, one seed each at a time (default: the CPU count, at most the seeds)")
-    from .backends import BACKENDS
-
     p.add_argument("--backend", default="prune", choices=sorted(BACKENDS),
                    help="the tickets' mask backend (same numbers with every backend; see docs/performance.md)")
     p.add_argument("--no-plots", action="store_true", help="skip the PNG figures")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("-v", "--verbose", action="store_true", help="also show the engine's per-round log")
-    p.set_defaults(func=_cmd_reproduce)
+    for experiment in EXPERIMENTS.values():
+        if experiment.add_arguments is not None:
+            experiment.add_arguments(p)
+    p.set_defaults(func=_cmd_reproduce, parser=p)
 
 
 def _progress_bar(total: int, enabled: bool) -> tuple[Callable[[int], None], Callable[[str], None], Callable[[], None]]:
@@ -157,80 +165,95 @@ class _WriteHandler(logging.Handler):
         self._write(self.format(record))
 
 
+# The flags every experiment may take, as make_config keyword options (the experiment's `options`).
+_REPRODUCE_OPTIONS = {"profile": "--full", "dataset": "--dataset", "model": "--model", "iterations": "--iterations",
+                      "rounds": "--rounds", "seeds": "--seeds", "eval_every": "--eval-every",
+                      "oneshot_every": "--oneshot-every", "controls": "--controls", "train_limit": "--train-limit"}
+
+
+def _reproduce_config(args: argparse.Namespace, experiment: Any) -> Any:
+    """The experiment's configuration from the flags; a flag it does not take, when given, is an error."""
+    options = {
+        "profile": "full" if args.full else "quick",
+        "dataset": args.dataset,
+        "model": args.model,
+        "iterations": args.iterations,
+        "rounds": args.rounds,
+        "seeds": None if args.seeds is None else list(range(args.seeds)),
+        "eval_every": args.eval_every,
+        "oneshot_every": args.oneshot_every,
+        "controls": [c for c in args.controls.split(",") if c],
+        "train_limit": args.train_limit,
+    }
+    dest = {"profile": "full"}
+    unused = [flag for name, flag in _REPRODUCE_OPTIONS.items()
+              if name not in experiment.options
+              and getattr(args, dest.get(name, name)) != args.parser.get_default(dest.get(name, name))]
+    if unused:
+        raise ValueError(f"--experiment {experiment.name} does not take {', '.join(unused)}; leave them out")
+    extra = {name: getattr(args, name) for name in experiment.options if name not in options}
+    return experiment.make_config(**{name: options[name] for name in experiment.options if name in options}, **extra)
+
+
+def _run_with_progress(args: argparse.Namespace, experiment: Any, config: Any, data: Any, out: Path) -> list:
+    """Run the experiment under a progress bar, with its log lines (and the engine's, with -v) above it."""
+    from .reproduction.experiments import run_experiment
+    from .reproduction.runner import load_results
+
+    finished = {(r["seed"], r["kind"], r["round"]) for r in load_results(out)}
+    pending = [run for run in experiment.planned_runs(config) if run not in finished]
+    if finished:
+        print(f"  resuming: {len(finished)} runs already finished in {out}, {len(pending)} to go")
+    advance, write, close = _progress_bar(len(pending) * config.iterations, not args.no_progress)
+    handler = _WriteHandler(write)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    logger = logging.getLogger("torch_lottery" if args.verbose else "torch_lottery.reproduction")
+    logger.addHandler(handler)
+    previous_level = logger.level
+    logger.setLevel(logging.INFO)
+    try:
+        jobs = args.jobs if args.jobs is not None else (os.cpu_count() or 1)
+        return run_experiment(config, data, out, experiment=experiment.name, progress=advance,
+                              jobs=max(1, min(jobs, len(config.seeds))), backend=args.backend)
+    finally:
+        close()
+        logger.removeHandler(handler)
+        logger.setLevel(previous_level)
+
+
 def _cmd_reproduce(args: argparse.Namespace) -> int:
     import torch
 
-    from . import reproduce as rp
-    from .data import load_dataset
+    from .reproduction.data import load_dataset
+    from .reproduction.experiments import EXPERIMENTS
 
+    experiment = EXPERIMENTS[args.experiment]
     torch.set_num_threads(max(1, args.threads))
-    config = rp.make_config(
-        profile="full" if args.full else "quick",
-        dataset=args.dataset,
-        model=args.model,
-        iterations=args.iterations,
-        rounds=args.rounds,
-        seeds=None if args.seeds is None else list(range(args.seeds)),
-        eval_every=args.eval_every,
-        oneshot_every=args.oneshot_every,
-        controls=[c for c in args.controls.split(",") if c],
-        train_limit=args.train_limit,
-    )
-    out = Path(args.out or f"runs/{config.model}-{config.dataset}-{config.profile.replace('+', '-')}")
-    from .models import PAPER_SETTINGS
-
-    paper_iterations = PAPER_SETTINGS[config.model].iterations
+    try:
+        config = _reproduce_config(args, experiment)
+    except ValueError as exc:
+        print(f"torch-lottery reproduce: error: {exc}", file=sys.stderr)
+        return 2
+    default_out = f"runs/{config.model}-{config.dataset}-{config.profile.replace('+', '-')}"
+    out = Path(args.out or (default_out if experiment.name == "imp" else default_out.replace(
+        "runs/", f"runs/{experiment.name}-", 1)))
     print(f"torch-lottery reproduce: {config.model} on {config.dataset}, profile {config.profile!r} -> {out}")
-    print(f"  {config.iterations} iterations/run (paper: {paper_iterations}), batch {config.batch_size}, "
-          f"Adam lr {config.lr:g}, validation every {config.eval_every}")
-    print(f"  {config.rounds} pruning rounds, seeds {list(config.seeds)}, controls {list(config.controls)}, "
-          f"one-shot at rounds {list(config.oneshot_rounds)}")
+    for line in experiment.describe(config):
+        print(f"  {line}")
     if config.profile != "full":
         print("  NOTE: reduced budget (not the paper's); numbers are indicative. Use --full for the paper's budget.")
-
     try:
         data = load_dataset(config.dataset, root=args.data_dir, download=args.download,
                             validation_size=config.validation_size, train_limit=config.train_limit)
     except (RuntimeError, OSError, ValueError) as exc:
         print(f"torch-lottery reproduce: error: {exc}", file=sys.stderr)
         return 2
-    finished = {(r["seed"], r["kind"], r["round"]) for r in rp.load_results(out)}
-    pending = [run for run in rp.planned_runs(config) if run not in finished]
-    if finished:
-        print(f"  resuming: {len(finished)} runs already finished in {out}, {len(pending)} to go")
-
-    advance, write, close = _progress_bar(len(pending) * config.iterations, not args.no_progress)
-    handler = _WriteHandler(write)
-    handler.setFormatter(logging.Formatter("%(message)s"))
-    loggers = [logging.getLogger("torch_lottery.reproduce")]
-    if args.verbose:
-        loggers.append(logging.getLogger("torch_lottery"))
-    for lg in loggers:
-        lg.addHandler(handler)
-        lg.setLevel(logging.INFO)
-    try:
-        jobs = args.jobs if args.jobs is not None else (os.cpu_count() or 1)
-        runs = rp.run_experiment(config, data, out, progress=advance, jobs=max(1, min(jobs, len(config.seeds))),
-                                   backend=args.backend)
-    finally:
-        close()
-        for lg in loggers:
-            lg.removeHandler(handler)
-
-    files = rp.write_outputs(runs, config, out)
-    summary = rp.summarize(runs)
+    runs = _run_with_progress(args, experiment, config, data, out)
+    files = experiment.write_outputs(runs, config, out)
     print()
-    print(rp.format_table(summary, config))
-    print("(mean ± sample std over seeds; ES = early stop at the minimum validation loss)")
-    if not args.no_plots:
-        from .plots import plot_results
-
-        seed0 = [r for r in runs if r["kind"] == "ticket" and r["seed"] == config.seeds[0]]
-        pick = sorted({0, config.rounds // 2, config.rounds})
-        curves = {100 * r["weights_remaining"]: r["curve"] for r in seed0 if r["round"] in pick}
-        title = f"{config.model} on {config.dataset}, profile {config.profile}: {config.iterations} it/run, " \
-                f"{len(config.seeds)} seeds"
-        files.update(plot_results(summary, out, title=title, curves=curves))
+    print(experiment.format_report(runs, config))
+    if not args.no_plots and experiment.plot is not None:
+        files.update(experiment.plot(runs, config, out))
     tickets = sorted(out.glob("ticket-seed*.safetensors"))
     print("\nwrote: " + ", ".join(str(p) for p in [*files.values(), *tickets]))
     return 0

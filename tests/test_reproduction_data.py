@@ -1,4 +1,4 @@
-"""Tests for torch_lottery.data: offline Fashion-MNIST through torchvision, the validation hold-out."""
+"""Tests for torch_lottery.reproduction.data: offline Fashion-MNIST through torchvision, the validation hold-out."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from torch_lottery.data import DEBIAN_FASHION_MNIST, load_dataset, prepare_fashion_mnist
+from torch_lottery.reproduction.data import DEBIAN_FASHION_MNIST, load_dataset, prepare_fashion_mnist
 
 pytestmark = pytest.mark.skipif(
     not (DEBIAN_FASHION_MNIST / "train-images-idx3-ubyte.gz").is_file(),

@@ -1,4 +1,4 @@
-"""Tests for torch_lottery.models: the paper's architectures, parameter counts and pruning rates."""
+"""Tests for torch_lottery.reproduction.models: the paper's architectures, parameter counts and pruning rates."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from torch_lottery.models import PAPER_SETTINGS, ConvNet, LeNet300100, build_model, paper_layer_rates
+from torch_lottery.reproduction.models import PAPER_SETTINGS, ConvNet, LeNet300100, build_model, paper_layer_rates
 
 
 def _weights(model: nn.Module) -> int:

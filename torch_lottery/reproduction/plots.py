@@ -3,7 +3,8 @@
 Every figure puts the percentage of weights remaining on a log x axis running from 100% (dense) down
 to the sparsest round, as the paper does; lines are means over seeds and error bars span the minimum
 and maximum over seeds (the paper's convention). matplotlib is optional: it is imported inside
-:func:`plot_results` only, with the non-interactive ``Agg`` backend.
+:func:`plot_results` only, with the non-interactive ``Agg`` backend. :func:`plot_runs` picks what the
+``torch-lottery reproduce`` figures show from an IMP experiment's run records.
 """
 
 from __future__ import annotations
@@ -11,7 +12,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Mapping, Sequence, Union
 
-__all__ = ["plot_results"]
+from .config import ReproConfig
+from .report import summarize
+
+__all__ = ["plot_results", "plot_runs"]
 
 PathLike = Union[str, Path]
 
@@ -60,7 +64,7 @@ def plot_results(
     out_dir: PathLike,
     *,
     title: str = "",
-    curves: Mapping[int, Sequence[Sequence[float]]] | None = None,
+    curves: Mapping[float, Sequence[Sequence[float]]] | None = None,
 ) -> dict[str, Path]:
     """Write the reproduction's figures into ``out_dir``.
 
@@ -73,7 +77,7 @@ def plot_results(
         the ticket at a few rounds (the paper's Figure 3 shows test accuracy the same way).
 
     Args:
-        summary: rows of :func:`torch_lottery.reproduce.summarize`.
+        summary: rows of :func:`torch_lottery.reproduction.report.summarize`.
         out_dir: folder for the PNGs (created if missing).
         title: suptitle, e.g. the model, dataset and profile.
         curves: ``{weights remaining % : [[iteration, val_loss, val_acc], ...]}`` (one seed).
@@ -132,3 +136,25 @@ def plot_results(
         ax.legend(fontsize=7)
         save(fig, "curves.png")
     return paths
+
+
+def plot_runs(runs: Sequence[Mapping[str, Any]], config: ReproConfig, out_dir: PathLike) -> dict[str, Path]:
+    """The figures of an IMP experiment's ``runs``: :func:`plot_results` of their summary, titled with the
+    budget, with the validation curves of the first seed's ticket at the dense, middle and last rounds.
+
+    Returns:
+        name -> path of each PNG written.
+
+    Raises:
+        ModuleNotFoundError: matplotlib is not installed.
+    """
+    title = f"{config.model} on {config.dataset}, profile {config.profile}: {config.iterations} it/run, " \
+            f"{len(config.seeds)} seeds"
+    return plot_results(summarize(runs), out_dir, title=title, curves=_ticket_curves(runs, config))
+
+
+def _ticket_curves(runs: Sequence[Mapping[str, Any]], config: ReproConfig) -> dict[float, Any]:
+    """``{weights remaining % : curve}`` of the first seed's ticket at rounds 0, ``rounds // 2`` and ``rounds``."""
+    seed0 = [r for r in runs if r["kind"] == "ticket" and r["seed"] == config.seeds[0]]
+    pick = sorted({0, config.rounds // 2, config.rounds})
+    return {100 * r["weights_remaining"]: r["curve"] for r in seed0 if r["round"] in pick}

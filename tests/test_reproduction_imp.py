@@ -1,4 +1,4 @@
-"""Smoke test of the whole reproduction on real Fashion-MNIST with a tiny budget, plus its bookkeeping."""
+"""Tests for torch_lottery.reproduction.imp: the IMP experiment on real Fashion-MNIST with a tiny budget."""
 
 from __future__ import annotations
 
@@ -9,20 +9,13 @@ import pytest
 import torch
 
 from torch_lottery.backends import BACKENDS
-from torch_lottery.cli import main
-from torch_lottery.data import DEBIAN_FASHION_MNIST, load_dataset
-from torch_lottery.models import build_model
-from torch_lottery.plots import plot_results
-from torch_lottery.reproduce import (
-    format_table,
-    load_results,
-    make_config,
-    planned_runs,
-    run_experiment,
-    summarize,
-    train_run,
-    write_outputs,
-)
+from torch_lottery.reproduction.config import make_config
+from torch_lottery.reproduction.data import DEBIAN_FASHION_MNIST, load_dataset
+from torch_lottery.reproduction.experiments import run_experiment
+from torch_lottery.reproduction.imp import planned_runs
+from torch_lottery.reproduction.models import build_model
+from torch_lottery.reproduction.plots import plot_results
+from torch_lottery.reproduction.report import format_table, summarize, write_outputs
 
 pytestmark = pytest.mark.skipif(
     not (DEBIAN_FASHION_MNIST / "train-images-idx3-ubyte.gz").is_file(),
@@ -38,6 +31,10 @@ SCHEDULE = {
 }
 
 
+def _strip(runs):
+    return [{k: v for k, v in r.items() if k != "seconds"} for r in runs]
+
+
 @pytest.fixture(scope="module", autouse=True)
 def one_thread():
     """Batch-60 LeNet gains nothing from intra-op threads and slows down badly on a busy machine."""
@@ -48,13 +45,8 @@ def one_thread():
 
 
 @pytest.fixture(scope="module")
-def data_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tmp_path_factory.mktemp("data")
-
-
-@pytest.fixture(scope="module")
-def data(data_root: Path):
-    return load_dataset("fashion-mnist", root=data_root, train_limit=3000)
+def data(tmp_path_factory: pytest.TempPathFactory):
+    return load_dataset("fashion-mnist", root=tmp_path_factory.mktemp("data"), train_limit=3000)
 
 
 @pytest.fixture(scope="module")
@@ -149,15 +141,7 @@ def test_resume_after_an_interrupted_round_continues_the_ticket(tmp_path: Path, 
     # Pretend the 2-round run was interrupted after round 1: reuse the 1-round directory's files.
     (tmp_path / "b" / "config.json").write_text(json.dumps(small.to_dict()))
     resumed = run_experiment(small, data, tmp_path / "b")
-    strip = lambda rs: [{k: v for k, v in r.items() if k != "seconds"} for r in rs]  # noqa: E731
-    assert strip(resumed) == strip(full)
-
-
-def test_other_configuration_in_the_same_directory_is_refused(experiment, data) -> None:
-    out, _, _ = experiment
-    other = make_config(iterations=101, rounds=2, seeds=[0], eval_every=50, oneshot_every=2, train_limit=3000)
-    with pytest.raises(ValueError, match=r"holds runs of a different configuration \(differs in \['iterations'\]\)"):
-        run_experiment(other, data, out)
+    assert _strip(resumed) == _strip(full)
 
 
 def test_outputs_and_plots_are_written(experiment, config) -> None:
@@ -176,126 +160,24 @@ def test_outputs_and_plots_are_written(experiment, config) -> None:
     assert table.splitlines()[4].startswith("| 2 | 64.1 |")
 
 
-def test_summary_aggregates_over_seeds_with_sample_std() -> None:
-    runs = [
-        {"kind": "ticket", "round": 1, "weights_remaining": 0.5, "early_stop_iteration": 100,
-         "test_acc_early_stop": 0.8, "test_acc_end": 0.7},
-        {"kind": "ticket", "round": 1, "weights_remaining": 0.5, "early_stop_iteration": 300,
-         "test_acc_early_stop": 0.9, "test_acc_end": 0.7},
-    ]
-    (row,) = summarize(runs)
-    assert row["seeds"] == 2
-    assert row["early_stop_iteration_mean"] == 200 and row["early_stop_iteration_std"] == pytest.approx(141.4213562)
-    assert row["test_acc_early_stop_min"] == 0.8 and row["test_acc_early_stop_max"] == 0.9
-    assert row["test_acc_end_std"] == 0.0
-
-
-def test_train_run_leaves_the_model_in_its_end_state(data) -> None:
-    model = build_model("lenet", seed=0)
-    result = train_run(model, data, iterations=60, batch_size=60, lr=1.2e-3, eval_every=20, seed=0)
-    assert [c[0] for c in result["curve"]] == [20, 40, 60]
-    from torch_lottery.reproduce import evaluate
-
-    assert evaluate(model, data.val)[0] == pytest.approx(result["val_loss_end"])
-
-
-def test_make_config_marks_overridden_budgets_as_custom() -> None:
-    assert make_config().profile == "quick"
-    assert make_config(profile="full").iterations == 50_000
-    assert make_config(profile="full", model="conv2").iterations == 20_000
-    assert make_config(iterations=10).profile == "quick+custom"
-    with pytest.raises(ValueError, match=r"make_config\(\): profile='huge' is unknown"):
-        make_config(profile="huge")
-    with pytest.raises(ValueError, match=r"controls=\['prune'\] has unknown \['prune'\]"):
-        make_config(controls=["prune"])
-
-
-def test_cli_reproduce_prints_table_and_writes_files(tmp_path: Path, data_root: Path, capsys) -> None:
-    out = tmp_path / "cli"
-    rc = main(["reproduce", "--iterations", "50", "--eval-every", "50", "--rounds", "1", "--seeds", "1",
-               "--oneshot-every", "1", "--train-limit", "3000", "--data-dir", str(data_root), "--out", str(out),
-               "--no-progress"])
-    assert rc == 0
-    printed = capsys.readouterr().out
-    assert "profile 'quick+custom'" in printed and "NOTE: reduced budget" in printed
-    assert "| 1 | 80.0 |" in printed
-    for name in ("results.json", "runs.csv", "accuracy.png", "controls.png", "curves.png"):
-        assert (out / name).is_file(), name
-    assert len(load_results(out)) == 5
-
-
-def test_parallel_workers_give_the_same_numbers_as_one_process(tmp_path: Path, data) -> None:
-    cfg = make_config(iterations=50, rounds=0, seeds=[0, 1], eval_every=50, oneshot_every=0, train_limit=3000)
-    ticks: list[int] = []
-    parallel = run_experiment(cfg, data, tmp_path / "p", progress=ticks.append, jobs=2)
-    serial = run_experiment(cfg, data, tmp_path / "s")
-    strip = lambda rs: [{k: v for k, v in r.items() if k != "seconds"} for r in rs]  # noqa: E731
-    assert strip(parallel) == strip(serial)
-    assert sum(ticks) == len(planned_runs(cfg)) * 50 == 100
-
-
-def test_reproduce_modules_import_without_extras_and_name_the_extra_when_needed(tmp_path: Path) -> None:
-    import subprocess
-    import sys
-    import textwrap
-
-    code = textwrap.dedent(
-        """
-        import sys
-        class Block:
-            def find_spec(self, name, path=None, target=None):
-                if name.split(".")[0] in {"torchvision", "matplotlib", "tqdm"}:
-                    raise ModuleNotFoundError(f"No module named {name!r}")
-        sys.meta_path.insert(0, Block())
-        import torch_lottery.data, torch_lottery.models, torch_lottery.reproduce, torch_lottery.plots
-        import torch_lottery.cli
-        from torch_lottery.data import load_dataset
-        from torch_lottery.plots import plot_results
-        for call in (lambda: load_dataset("fashion-mnist", root=sys.argv[1]), lambda: plot_results([], sys.argv[1])):
-            try:
-                call()
-            except ModuleNotFoundError as exc:
-                print(exc)
-        """
-    )
-    out = subprocess.run([sys.executable, "-c", code, str(tmp_path)], capture_output=True, text=True, timeout=120)
-    assert out.returncode == 0, out.stderr
-    assert "pip install torch_lottery[vision]" in out.stdout
-    assert "pip install torch_lottery[plot]" in out.stdout
-
-
-def test_adding_seeds_reuses_the_finished_ones(tmp_path: Path, data) -> None:
-    one = make_config(iterations=50, rounds=0, seeds=[0], eval_every=50, oneshot_every=0, train_limit=3000)
-    two = make_config(iterations=50, rounds=0, seeds=[0, 1], eval_every=50, oneshot_every=0, train_limit=3000)
-    first = run_experiment(one, data, tmp_path)
-    ticks: list[int] = []
-    both = run_experiment(two, data, tmp_path, progress=ticks.append)
-    assert sum(ticks) == 50  # only seed 1 trained
-    assert [r for r in both if r["seed"] == 0] == first
-    assert json.loads((tmp_path / "config.json").read_text())["seeds"] == [0, 1]
-    assert run_experiment(one, data, tmp_path) == first  # a subset of seeds returns only those
-
-
-def test_cli_reports_missing_data_without_a_traceback(tmp_path, capsys):
-    from torch_lottery.cli import main
-
-    rc = main(["reproduce", "--dataset", "mnist", "--data-dir", str(tmp_path / "nodata"), "--out", str(tmp_path / "out"),
-               "--iterations", "10", "--rounds", "1", "--seeds", "1", "--no-progress", "--no-plots"])
-    err = capsys.readouterr().err
-    assert rc == 2
-    assert "torch-lottery reproduce: error: load_dataset(): name='mnist' not found under root=" in err
-    assert "Traceback" not in err
-
-
 def test_baked_backends_give_the_same_numbers_as_prune(tmp_path: Path, data) -> None:
     # LeNet with Adam on real Fashion-MNIST: an IMP round, both controls and one-shot; the baked
     # backends train bitwise-identically to prune's hooks, so every recorded number is the same
     cfg = make_config(iterations=60, rounds=2, seeds=[0], eval_every=30, oneshot_every=2, train_limit=3000)
-    strip = lambda rs: [{k: v for k, v in r.items() if k != "seconds"} for r in rs]  # noqa: E731
-    runs = {b: strip(run_experiment(cfg, data, tmp_path / b, backend=b)) for b in sorted(BACKENDS)}
+    runs = {b: _strip(run_experiment(cfg, data, tmp_path / b, backend=b)) for b in sorted(BACKENDS)}
     assert len(runs["prune"]) == len(planned_runs(cfg)) == 8
     assert {"baked", "baked-bits"} <= set(runs)
     for b in runs:
         assert runs[b] == runs["prune"], b
     with pytest.raises(ValueError, match=r"backend='bits' is not a mask backend; choose one of"):
         run_experiment(cfg, data, tmp_path / "x", backend="bits")
+
+
+def test_planned_runs_follow_controls_and_oneshot_rounds() -> None:
+    cfg = make_config(rounds=3, seeds=[4, 2], controls=["random"], oneshot_every=2)
+    assert planned_runs(cfg) == [
+        (4, "ticket", 0), (4, "ticket", 1), (4, "random", 1), (4, "ticket", 2), (4, "random", 2),
+        (4, "oneshot", 2), (4, "ticket", 3), (4, "random", 3),
+        (2, "ticket", 0), (2, "ticket", 1), (2, "random", 1), (2, "ticket", 2), (2, "random", 2),
+        (2, "oneshot", 2), (2, "ticket", 3), (2, "random", 3),
+    ]

@@ -1,0 +1,121 @@
+"""Tests for torch_lottery.reproduction.runner: the training loop, run records, resume and worker processes."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from torch_lottery.reproduction.config import make_config
+from torch_lottery.reproduction.data import DEBIAN_FASHION_MNIST, load_dataset
+from torch_lottery.reproduction.experiments import run_experiment
+from torch_lottery.reproduction.imp import planned_runs
+from torch_lottery.reproduction.models import build_model
+from torch_lottery.reproduction.runner import (
+    evaluate,
+    finished_runs,
+    load_results,
+    record_run,
+    run_key,
+    run_seeds,
+    train_run,
+)
+
+needs_data = pytest.mark.skipif(
+    not (DEBIAN_FASHION_MNIST / "train-images-idx3-ubyte.gz").is_file(),
+    reason="needs Debian's dataset-fashion-mnist (apt-get install dataset-fashion-mnist)",
+)
+
+
+def _strip(runs):
+    return [{k: v for k, v in r.items() if k != "seconds"} for r in runs]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory: pytest.TempPathFactory):
+    return load_dataset("fashion-mnist", root=tmp_path_factory.mktemp("data"), train_limit=3000)
+
+
+def _failing_seed(config, data, out_dir, seed, *, progress, backend):
+    """A per-seed function that fails at seed 1 (module level: worker processes import it by name)."""
+    if seed == 1:
+        raise RuntimeError(f"seed {seed} broke on purpose")
+
+
+def test_run_key_and_record_run_count_the_masks(tmp_path: Path) -> None:
+    masks = {"a.weight": torch.tensor([[True, False], [True, True]]), "b.weight": torch.tensor([False, True, False])}
+    result = {"early_stop_iteration": 20, "test_acc_early_stop": 0.5, "test_acc_end": 0.25, "curve": [[20, 1.0, 0.5]]}
+    rec = record_run(tmp_path, seed=3, kind="reinit", rnd=7, masks=masks, result=result)
+    assert run_key(3, "reinit", 7) == "seed3-reinit-r07"
+    assert rec == {"seed": 3, "kind": "reinit", "round": 7, "remaining": 4, "total": 7, "weights_remaining": 4 / 7,
+                   "remaining_per_layer": {"a.weight": 3, "b.weight": 1}, **result}
+    assert json.loads((tmp_path / "runs" / "seed3-reinit-r07.json").read_text()) == rec
+    assert not list((tmp_path / "runs").glob("*.part"))  # written through a temp file, then renamed
+    assert finished_runs(tmp_path) == {"seed3-reinit-r07"} and load_results(tmp_path) == [rec]
+    assert finished_runs(tmp_path / "nothing") == set() and load_results(tmp_path / "nothing") == []
+
+
+@needs_data
+def test_train_run_leaves_the_model_in_its_end_state(data) -> None:
+    model = build_model("lenet", seed=0)
+    result = train_run(model, data, iterations=60, batch_size=60, lr=1.2e-3, eval_every=20, seed=0)
+    assert [c[0] for c in result["curve"]] == [20, 40, 60]
+    assert evaluate(model, data.val)[0] == pytest.approx(result["val_loss_end"])
+
+
+@needs_data
+def test_train_run_is_deterministic_given_the_seed(data) -> None:
+    runs = [train_run(build_model("lenet", seed=0), data, iterations=30, batch_size=60, lr=1.2e-3, eval_every=10,
+                      seed=5) for _ in range(2)]
+    assert _strip(runs[:1]) == _strip(runs[1:])
+
+
+@needs_data
+def test_other_configuration_in_the_same_directory_is_refused(tmp_path: Path, data) -> None:
+    one = make_config(iterations=20, rounds=0, seeds=[0], eval_every=20, oneshot_every=0, train_limit=3000)
+    run_experiment(one, data, tmp_path)
+    other = make_config(iterations=21, rounds=0, seeds=[0], eval_every=20, oneshot_every=0, train_limit=3000)
+    with pytest.raises(ValueError, match=r"holds runs of a different configuration \(differs in \['iterations'\]\)"):
+        run_experiment(other, data, tmp_path)
+    assert json.loads((tmp_path / "config.json").read_text()) == one.to_dict()  # left as it was
+
+
+@needs_data
+def test_parallel_workers_give_the_same_numbers_as_one_process(tmp_path: Path, data) -> None:
+    cfg = make_config(iterations=50, rounds=0, seeds=[0, 1], eval_every=50, oneshot_every=0, train_limit=3000)
+    ticks: list[int] = []
+    parallel = run_experiment(cfg, data, tmp_path / "p", progress=ticks.append, jobs=2)
+    serial = run_experiment(cfg, data, tmp_path / "s")
+    assert _strip(parallel) == _strip(serial)
+    assert sum(ticks) == len(planned_runs(cfg)) * 50 == 100
+
+
+@needs_data
+def test_adding_seeds_reuses_the_finished_ones(tmp_path: Path, data) -> None:
+    one = make_config(iterations=50, rounds=0, seeds=[0], eval_every=50, oneshot_every=0, train_limit=3000)
+    two = make_config(iterations=50, rounds=0, seeds=[0, 1], eval_every=50, oneshot_every=0, train_limit=3000)
+    first = run_experiment(one, data, tmp_path)
+    ticks: list[int] = []
+    both = run_experiment(two, data, tmp_path, progress=ticks.append)
+    assert sum(ticks) == 50  # only seed 1 trained
+    assert [r for r in both if r["seed"] == 0] == first
+    assert json.loads((tmp_path / "config.json").read_text())["seeds"] == [0, 1]
+    assert run_experiment(one, data, tmp_path) == first  # a subset of seeds returns only those
+
+
+def test_a_failing_worker_raises_with_its_traceback(tmp_path: Path) -> None:
+    cfg = make_config(iterations=10, rounds=0, seeds=[0, 1], oneshot_every=0)
+    with pytest.raises(RuntimeError, match=r"(?s)a worker process failed:.*seed 1 broke on purpose"):
+        run_seeds(_failing_seed, cfg, None, tmp_path, jobs=2)
+    with pytest.raises(RuntimeError, match=r"seed 1 broke on purpose"):  # in this process: the error itself
+        run_seeds(_failing_seed, cfg, None, tmp_path, jobs=1)

@@ -1,0 +1,146 @@
+"""The registry of the reproduction's experiments (:data:`EXPERIMENTS`) and :func:`run_experiment`, which runs one.
+
+An experiment is one module with its per-seed function and an :class:`Experiment` entry here
+that names the functions the command line and :func:`run_experiment` call: how to build its
+configuration, what it trains, how to report and plot it. The shared machinery (training loop,
+run records, resume, worker processes) is in :mod:`torch_lottery.reproduction.runner`; adding an
+experiment adds a module and an entry, without editing the existing ones.
+"""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Mapping, Optional, Sequence, Union
+
+from .config import ReproConfig, describe, make_config
+from .data import DatasetSplits
+from .imp import planned_runs, run_seed
+from .plots import plot_runs
+from .report import format_report, write_outputs
+from .runner import Progress, SeedRunner, run_seeds
+
+__all__ = ["EXPERIMENTS", "Experiment", "run_experiment"]
+
+PathLike = Union[str, Path]
+Runs = Sequence[Mapping[str, Any]]
+
+
+@dataclass(frozen=True)
+class Experiment:
+    """One experiment of ``torch-lottery reproduce --experiment NAME``: the functions that plan, run and report it.
+
+    Its configuration object (built by ``make_config``) must be a frozen dataclass with ``profile``,
+    ``dataset``, ``model``, ``iterations`` (of every run), ``seeds``, ``validation_size``,
+    ``train_limit`` and a JSON-able ``to_dict()``.
+
+    Attributes:
+        name: the ``--experiment`` value.
+        help: one line for ``--help``.
+        config_type: the class ``make_config`` returns (checked by :func:`run_experiment`).
+        make_config: keyword options -> configuration; raises ``ValueError`` on bad values.
+        options: the keyword options of ``make_config`` the command line passes (from the flags
+            ``profile`` (``--full``), ``dataset``, ``model``, ``iterations``, ``rounds``, ``seeds``,
+            ``eval_every``, ``oneshot_every``, ``controls``, ``train_limit``, and those of
+            ``add_arguments``); a flag the experiment does not take is refused when given.
+        describe: configuration -> lines that say what it runs (printed before it starts).
+        planned_runs: configuration -> every ``(seed, kind, round)`` it trains.
+        run_seed: the module-level per-seed function (see :class:`~torch_lottery.reproduction.runner.SeedRunner`).
+        write_outputs: ``(runs, configuration, out_dir) -> {name: path}`` of the result files.
+        format_report: ``(runs, configuration) -> text`` printed at the end.
+        plot: ``(runs, configuration, out_dir) -> {name: path}`` of the figures, or ``None``.
+        add_arguments: adds the experiment's own flags to the ``reproduce`` parser, or ``None``.
+    """
+
+    name: str
+    help: str
+    config_type: type
+    make_config: Callable[..., Any]
+    options: tuple[str, ...]
+    describe: Callable[[Any], list[str]]
+    planned_runs: Callable[[Any], list[tuple[int, str, int]]]
+    run_seed: SeedRunner
+    write_outputs: Callable[[Runs, Any, PathLike], dict[str, Path]]
+    format_report: Callable[[Runs, Any], str]
+    plot: Optional[Callable[[Runs, Any, PathLike], dict[str, Path]]] = None
+    add_arguments: Optional[Callable[[argparse.ArgumentParser], None]] = None
+
+
+EXPERIMENTS: dict[str, Experiment] = {
+    "imp": Experiment(
+        name="imp",
+        help="iterative magnitude pruning with rewinding to theta_0 against random re-init, random masks "
+             "and one-shot pruning (Frankle & Carbin 2019)",
+        config_type=ReproConfig,
+        make_config=make_config,
+        options=("profile", "dataset", "model", "iterations", "rounds", "seeds", "eval_every", "oneshot_every",
+                 "controls", "train_limit"),
+        describe=describe,
+        planned_runs=planned_runs,
+        run_seed=run_seed,
+        write_outputs=write_outputs,
+        format_report=format_report,
+        plot=plot_runs,
+    ),
+}
+"""Experiment name -> :class:`Experiment`; ``"imp"`` is the default of :func:`run_experiment` and the CLI."""
+
+
+def run_experiment(
+    config: Any,
+    data: DatasetSplits,
+    out_dir: PathLike,
+    *,
+    experiment: str = "imp",
+    progress: Progress | None = None,
+    jobs: int = 1,
+    backend: str = "prune",
+) -> list[dict[str, Any]]:
+    """Run (or resume) every planned training run of ``config`` and return all run records.
+
+    Args:
+        config: from the experiment's ``make_config`` (for ``"imp"``:
+            :func:`torch_lottery.reproduction.config.make_config`).
+        data: from :func:`torch_lottery.reproduction.data.load_dataset` (``config.dataset``).
+        out_dir: results directory; finished runs found there are not repeated.
+        experiment: a name in :data:`EXPERIMENTS`.
+        progress: called with the number of training iterations just done.
+        jobs: worker processes; seeds are shared out among them (each seed's runs stay in one
+            process, so results do not depend on ``jobs``). Each worker uses
+            ``torch.get_num_threads()`` of the caller.
+        backend: the tickets' mask backend (``LotteryTicket(backend=...)``). The paper's
+            optimizers are elementwise, so every backend gives the same numbers; "baked" is
+            faster. Like ``jobs``, it is not part of the configuration.
+
+    Returns:
+        One dict per run (see :func:`torch_lottery.reproduction.runner.train_run`, plus ``seed``,
+        ``kind``, ``round``, ``weights_remaining``, ``remaining``, ``total``,
+        ``remaining_per_layer``), in file order.
+
+    Raises:
+        ValueError: unknown ``experiment``, a ``config`` of another experiment, ``out_dir`` holds
+            results of a different configuration (other than its seeds: adding seeds reuses the
+            finished ones), ``jobs`` < 1, or an unknown ``backend``.
+        RuntimeError: a worker process failed (its traceback is in the message).
+
+    Example:
+        >>> from torch_lottery.reproduction import load_dataset, make_config
+        >>> data = load_dataset("fashion-mnist", root="data", train_limit=600)  # doctest: +SKIP
+        >>> runs = run_experiment(make_config(iterations=20, rounds=1, seeds=[0]), data, "runs/x")  # doctest: +SKIP
+    """
+    if experiment not in EXPERIMENTS:
+        raise ValueError(f"run_experiment(): experiment={experiment!r} is unknown; use one of {list(EXPERIMENTS)}")
+    entry = EXPERIMENTS[experiment]
+    if not isinstance(config, entry.config_type):
+        raise ValueError(
+            f"run_experiment(): config is a {type(config).__name__}, but experiment={experiment!r} takes a "
+            f"{entry.config_type.__name__}; build it with EXPERIMENTS[{experiment!r}].make_config"
+        )
+    if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1:
+        raise ValueError(f"run_experiment(): jobs={jobs!r} must be an int >= 1")
+    from .. import BACKENDS
+
+    if backend not in BACKENDS:
+        raise ValueError(f"run_experiment(): backend={backend!r} is not a mask backend; choose one of {sorted(BACKENDS)}")
+    return run_seeds(entry.run_seed, config, data, out_dir, progress=progress, jobs=jobs, backend=backend)

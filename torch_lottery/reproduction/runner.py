@@ -1,0 +1,328 @@
+"""Train and evaluate one network, record each finished run, and run an experiment's seeds (resume, workers).
+
+This is the machinery every experiment of the reproduction shares:
+
+* :func:`train_run` trains a model with Adam on in-memory data and tracks the early-stop point
+  (the minimum validation loss); :func:`evaluate` measures loss and accuracy.
+* :func:`record_run` writes one finished run to ``<out_dir>/runs/<key>.json`` at once (with the
+  per-tensor remaining counts of its masks); :func:`finished_runs` and :func:`load_results` read
+  them back, which is what makes an interrupted experiment resumable.
+* :func:`run_seeds` calls an experiment's per-seed function for every seed of a configuration,
+  in this process or spread over worker processes (a seed's runs always stay in one process, so
+  the numbers do not depend on the number of workers), after refusing an output directory that
+  holds another configuration.
+
+Nothing here prints: progress goes to a callback and to ``logging``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import time
+from pathlib import Path
+from typing import Any, Callable, Mapping, Protocol, Sequence, Union
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .data import DatasetSplits, Split
+
+__all__ = [
+    "Progress",
+    "SeedRunner",
+    "evaluate",
+    "finished_runs",
+    "load_results",
+    "load_tensors",
+    "record_run",
+    "run_key",
+    "run_seeds",
+    "save_tensors",
+    "train_run",
+    "write_json",
+]
+
+logger = logging.getLogger(__name__)
+
+PathLike = Union[str, Path]
+Progress = Callable[[int], None]
+"""Called with the number of training iterations just done."""
+
+
+class SeedRunner(Protocol):
+    """An experiment's per-seed function: trains every planned run of ``seed`` not yet in ``out_dir``.
+
+    It must be a module-level function (worker processes receive it by reference), write each
+    finished run with :func:`record_run`, and skip the runs :func:`finished_runs` lists.
+    """
+
+    def __call__(self, config: Any, data: DatasetSplits, out_dir: Path, seed: int, *,
+                 progress: Progress | None, backend: str) -> None: ...
+
+
+# ----------------------------------------------------------------------------- training loop
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, split: Split, *, batch_size: int = 5000) -> tuple[float, float]:
+    """Mean cross-entropy loss and accuracy of ``model`` on ``split``."""
+    was_training = model.training
+    model.eval()
+    loss_sum, correct = 0.0, 0
+    for start in range(0, len(split), batch_size):
+        x, y = split.x[start : start + batch_size], split.y[start : start + batch_size]
+        logits = model(x)
+        loss_sum += float(F.cross_entropy(logits, y, reduction="sum"))
+        correct += int((logits.argmax(1) == y).sum())
+    model.train(was_training)
+    return loss_sum / len(split), correct / len(split)
+
+
+def train_run(
+    model: nn.Module,
+    data: DatasetSplits,
+    *,
+    iterations: int,
+    batch_size: int,
+    lr: float,
+    eval_every: int,
+    seed: int,
+    progress: Progress | None = None,
+) -> dict[str, Any]:
+    """Train ``model`` with Adam for ``iterations`` minibatches, tracking the early-stop point.
+
+    Minibatches are drawn without replacement from a fresh permutation each epoch (seeded by
+    ``seed``). The validation loss is measured every ``eval_every`` iterations and at the last one;
+    the model state at the minimum validation loss is kept, so the test accuracy at the early-stop
+    iteration is measured on exactly that state. The model is left in its end-of-training state.
+
+    Returns:
+        dict with ``early_stop_iteration``, ``early_stop_val_loss``, ``val_acc_early_stop``,
+        ``test_acc_early_stop``, ``test_acc_end``, ``val_loss_end``, ``curve`` (list of
+        ``[iteration, val_loss, val_acc]``) and ``seconds``.
+    """
+    start_time = time.perf_counter()
+    generator = torch.Generator().manual_seed(seed)
+    optimizer = torch.optim.Adam(model.parameters(), lr=lr)
+    n = len(data.train)
+    perm, pos = torch.randperm(n, generator=generator), 0
+    best_loss, best_iter, best_acc = math.inf, 0, 0.0
+    best_state: dict[str, Tensor] | None = None
+    curve: list[list[float]] = []
+    model.train()
+    since_report = 0
+    for it in range(1, iterations + 1):
+        if pos + batch_size > n:
+            perm, pos = torch.randperm(n, generator=generator), 0
+        idx = perm[pos : pos + batch_size]
+        pos += batch_size
+        loss = F.cross_entropy(model(data.train.x[idx]), data.train.y[idx])
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        since_report += 1
+        if it % eval_every == 0 or it == iterations:
+            val_loss, val_acc = evaluate(model, data.val)
+            curve.append([it, val_loss, val_acc])
+            if val_loss < best_loss:
+                best_loss, best_iter, best_acc = val_loss, it, val_acc
+                best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+            if progress is not None:
+                progress(since_report)
+            since_report = 0
+    _, test_acc_end = evaluate(model, data.test)
+    end_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    assert best_state is not None  # the last iteration is always evaluated
+    model.load_state_dict(best_state)
+    _, test_acc_es = evaluate(model, data.test)
+    model.load_state_dict(end_state)
+    return {
+        "early_stop_iteration": best_iter,
+        "early_stop_val_loss": best_loss,
+        "val_acc_early_stop": best_acc,
+        "test_acc_early_stop": test_acc_es,
+        "test_acc_end": test_acc_end,
+        "val_loss_end": curve[-1][1],
+        "curve": curve,
+        "seconds": time.perf_counter() - start_time,
+    }
+
+
+# ----------------------------------------------------------------------------- run records and files
+
+
+def run_key(seed: int, kind: str, rnd: int) -> str:
+    """The name of a run's record, ``seed<seed>-<kind>-r<round, 2 digits>`` (e.g. ``seed0-ticket-r03``)."""
+    return f"seed{seed}-{kind}-r{rnd:02d}"
+
+
+def write_json(path: Path, obj: Any) -> None:
+    """Write atomically (temp file + rename), so an interrupted run never leaves a half file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".part")
+    tmp.write_text(json.dumps(obj, indent=1, sort_keys=True))
+    os.replace(tmp, path)
+
+
+def save_tensors(path: Path, obj: Any) -> None:
+    """``torch.save`` atomically (temp file + rename): a resume point is either whole or absent."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".part")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def load_tensors(path: Path) -> Any:
+    """Read what :func:`save_tensors` wrote (``weights_only``: tensors and plain containers only)."""
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def _remaining(masks: Mapping[str, Tensor]) -> tuple[int, int, dict[str, int]]:
+    per = {k: int(m.sum()) for k, m in masks.items()}
+    total = sum(m.numel() for m in masks.values())
+    return sum(per.values()), total, per
+
+
+def record_run(out_dir: Path, *, seed: int, kind: str, rnd: int, masks: Mapping[str, Tensor],
+               result: Mapping[str, Any]) -> dict[str, Any]:
+    """Write one finished run to ``<out_dir>/runs/<run_key>.json`` and return its record.
+
+    The record is ``result`` (from :func:`train_run`) plus ``seed``, ``kind``, ``round`` and the
+    weights the run trained with: ``remaining``, ``total``, ``weights_remaining`` (their ratio) and
+    ``remaining_per_layer`` (``{fqn: count}``), counted from ``masks``.
+    """
+    kept, total, per = _remaining(masks)
+    rec = {"seed": seed, "kind": kind, "round": rnd, "remaining": kept, "total": total,
+           "weights_remaining": kept / total, "remaining_per_layer": per, **result}
+    write_json(out_dir / "runs" / f"{run_key(seed, kind, rnd)}.json", rec)
+    logger.info(
+        "seed %d %-7s round %2d: %6.2f%% weights, early stop at %5d, test acc %.4f (early stop) %.4f (end)",
+        seed, kind, rnd, 100 * kept / total, result["early_stop_iteration"],
+        result["test_acc_early_stop"], result["test_acc_end"],
+    )
+    return rec
+
+
+def finished_runs(out_dir: Path) -> set[str]:
+    """The :func:`run_key` of every run recorded under ``<out_dir>/runs/``."""
+    runs_dir = out_dir / "runs"
+    return {p.stem for p in runs_dir.glob("*.json")} if runs_dir.is_dir() else set()
+
+
+def load_results(out_dir: PathLike) -> list[dict[str, Any]]:
+    """Every finished run recorded under ``<out_dir>/runs/``, in file-name order (all seeds there)."""
+    runs = Path(out_dir) / "runs"
+    if not runs.is_dir():
+        return []
+    return [json.loads(p.read_text()) for p in sorted(runs.glob("*.json"))]
+
+
+def _check_config(out_dir: Path, config: Any) -> None:
+    """Refuse an ``out_dir`` holding another configuration. Seeds may differ: each seed's runs are
+    independent and keyed by seed, so adding seeds to a finished experiment reuses its runs."""
+    path = out_dir / "config.json"
+    new = config.to_dict()
+    if path.is_file():
+        old = json.loads(path.read_text())
+        diff = sorted(k for k in set(old) | set(new) if k != "seeds" and old.get(k) != new.get(k))
+        if diff:
+            raise ValueError(
+                f"run_experiment(): out_dir={str(out_dir)!r} holds runs of a different configuration "
+                f"(differs in {diff}); use another output directory or delete it to start over"
+            )
+    write_json(path, new)
+
+
+# ----------------------------------------------------------------------------- seeds, resume, workers
+
+
+def run_seeds(run_seed: SeedRunner, config: Any, data: DatasetSplits, out_dir: PathLike, *,
+              progress: Progress | None = None, jobs: int = 1, backend: str = "prune") -> list[dict[str, Any]]:
+    """Run ``run_seed`` for every seed of ``config`` into ``out_dir`` and return the seeds' run records.
+
+    ``config`` needs ``seeds`` and ``to_dict()`` (saved as ``config.json``; an ``out_dir`` holding
+    another configuration, other than its seeds, is refused). With ``jobs > 1`` the seeds are shared
+    out among that many spawned worker processes, each using ``torch.get_num_threads()`` threads;
+    their progress and log lines come back through a queue.
+
+    Raises:
+        ValueError: ``out_dir`` holds results of a different configuration.
+        RuntimeError: a worker process failed (its traceback is in the message).
+    """
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    _check_config(out_dir, config)
+    jobs = min(jobs, len(config.seeds))
+    if jobs == 1:
+        for seed in config.seeds:
+            run_seed(config, data, out_dir, seed, progress=progress, backend=backend)
+    else:
+        _run_parallel(run_seed, config, data, out_dir, jobs, progress, backend)
+    return [r for r in load_results(out_dir) if r["seed"] in config.seeds]
+
+
+_PACKAGE_LOGGER = __name__.rpartition(".")[0]  # "torch_lottery.reproduction": every experiment's log lines
+
+
+def _worker(run_seed: SeedRunner, config: Any, data: DatasetSplits, out_dir: str, seeds: Sequence[int], queue: Any,
+            threads: int, level: int, backend: str) -> None:
+    """Entry point of a worker process: run ``seeds``, report progress and log lines through ``queue``."""
+    import traceback
+
+    torch.set_num_threads(threads)
+
+    class _Forward(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            queue.put(("log", record.getMessage()))
+
+    package_logger = logging.getLogger(_PACKAGE_LOGGER)
+    package_logger.addHandler(_Forward())
+    package_logger.setLevel(level)
+    package_logger.propagate = False
+    try:
+        for seed in seeds:
+            run_seed(config, data, Path(out_dir), seed, progress=lambda n: queue.put(("progress", n)),
+                     backend=backend)
+    except BaseException:  # noqa: BLE001 - reported to the parent, which raises
+        queue.put(("error", traceback.format_exc()))
+    else:
+        queue.put(("done", None))
+
+
+def _run_parallel(run_seed: SeedRunner, config: Any, data: DatasetSplits, out_dir: Path, jobs: int,
+                  progress: Progress | None, backend: str) -> None:
+    import torch.multiprocessing as mp
+
+    ctx = mp.get_context("spawn")
+    queue = ctx.Queue()
+    groups = [list(config.seeds[i::jobs]) for i in range(jobs)]
+    level = logging.getLogger(_PACKAGE_LOGGER).getEffectiveLevel()
+    procs = [ctx.Process(target=_worker, args=(run_seed, config, data, str(out_dir), g, queue,
+                                               torch.get_num_threads(), level, backend), daemon=True)
+             for g in groups]
+    for proc in procs:
+        proc.start()
+    errors, running = [], len(procs)
+    try:
+        while running:
+            kind, payload = queue.get()
+            if kind == "progress":
+                if progress is not None:
+                    progress(payload)
+            elif kind == "log":
+                logger.info("%s", payload)
+            else:
+                running -= 1
+                if kind == "error":
+                    errors.append(payload)
+    finally:
+        for proc in procs:
+            if proc.is_alive() and (errors or running):
+                proc.terminate()
+            proc.join()
+    if errors:
+        raise RuntimeError("run_experiment(): a worker process failed:\n" + "\n".join(errors))
