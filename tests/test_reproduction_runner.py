@@ -63,6 +63,9 @@ def test_run_key_and_record_run_count_the_masks(tmp_path: Path) -> None:
     assert not list((tmp_path / "runs").glob("*.part"))  # written through a temp file, then renamed
     assert finished_runs(tmp_path) == {"seed3-reinit-r07"} and load_results(tmp_path) == [rec]
     assert finished_runs(tmp_path / "nothing") == set() and load_results(tmp_path / "nothing") == []
+    empty = record_run(tmp_path, seed=0, kind="ticket", rnd=0, masks={"e.weight": torch.zeros(0, 3, dtype=torch.bool)},
+                       result=result)
+    assert (empty["remaining"], empty["total"], empty["weights_remaining"]) == (0, 0, 1.0)
 
 
 @needs_data

@@ -29,6 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..summary import mask_rows, totals
 from .data import DatasetSplits, Split
 
 __all__ = [
@@ -181,27 +182,24 @@ def load_tensors(path: Path) -> Any:
     return torch.load(path, map_location="cpu", weights_only=True)
 
 
-def _remaining(masks: Mapping[str, Tensor]) -> tuple[int, int, dict[str, int]]:
-    per = {k: int(m.sum()) for k, m in masks.items()}
-    total = sum(m.numel() for m in masks.values())
-    return sum(per.values()), total, per
-
-
 def record_run(out_dir: Path, *, seed: int, kind: str, rnd: int, masks: Mapping[str, Tensor],
                result: Mapping[str, Any]) -> dict[str, Any]:
     """Write one finished run to ``<out_dir>/runs/<run_key>.json`` and return its record.
 
     The record is ``result`` (from :func:`train_run`) plus ``seed``, ``kind``, ``round`` and the
-    weights the run trained with: ``remaining``, ``total``, ``weights_remaining`` (their ratio) and
-    ``remaining_per_layer`` (``{fqn: count}``), counted from ``masks``.
+    weights the run trained with: ``remaining``, ``total``, ``weights_remaining`` (their ratio; 1.0
+    without weights) and ``remaining_per_layer`` (``{fqn: count}``), counted from ``masks`` by
+    :func:`torch_lottery.summary.mask_rows`.
     """
-    kept, total, per = _remaining(masks)
+    rows = mask_rows(masks)
+    kept, total, _ = totals(rows)
     rec = {"seed": seed, "kind": kind, "round": rnd, "remaining": kept, "total": total,
-           "weights_remaining": kept / total, "remaining_per_layer": per, **result}
+           "weights_remaining": kept / total if total else 1.0,
+           "remaining_per_layer": {row["fqn"]: row["remaining"] for row in rows}, **result}
     write_json(out_dir / "runs" / f"{run_key(seed, kind, rnd)}.json", rec)
     logger.info(
         "seed %d %-7s round %2d: %6.2f%% weights, early stop at %5d, test acc %.4f (early stop) %.4f (end)",
-        seed, kind, rnd, 100 * kept / total, result["early_stop_iteration"],
+        seed, kind, rnd, 100 * rec["weights_remaining"], result["early_stop_iteration"],
         result["test_acc_early_stop"], result["test_acc_end"],
     )
     return rec
