@@ -79,4 +79,15 @@ def test_write_outputs_writes_json_csv_and_the_table(tmp_path: Path) -> None:
     with open(files["summary.csv"], newline="") as f:
         assert [r["kind"] for r in csv.DictReader(f)] == ["ticket", "ticket", "random"]
     assert files["table.md"].read_text() == format_table(summarize(RUNS), config) + "\n"
-    assert not list(tmp_path.glob("*.part"))
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(files)  # no temporary file left
+    assert files["runs.csv"].read_bytes().startswith(b"seed,kind,round,remaining,total,weights_remaining,")
+    assert files["runs.csv"].read_bytes().count(b"\r\n") == 1 + len(RUNS)  # csv's line ends, as before
+
+
+def test_a_failed_write_leaves_the_previous_results_whole(tmp_path: Path) -> None:
+    config = make_config(rounds=1, seeds=[0, 1], controls=["random"], oneshot_every=0)
+    before = write_outputs(RUNS, config, tmp_path)["results.json"].read_bytes()
+    with pytest.raises(TypeError, match="not JSON serializable"):
+        write_outputs([*RUNS[:-1], {**RUNS[-1], "curve": object()}], config, tmp_path)
+    assert (tmp_path / "results.json").read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["results.json", "runs.csv", "summary.csv", "table.md"]

@@ -60,7 +60,7 @@ def test_run_key_and_record_run_count_the_masks(tmp_path: Path) -> None:
     assert rec == {"seed": 3, "kind": "reinit", "round": 7, "remaining": 4, "total": 7, "weights_remaining": 4 / 7,
                    "remaining_per_layer": {"a.weight": 3, "b.weight": 1}, **result}
     assert json.loads((tmp_path / "runs" / "seed3-reinit-r07.json").read_text()) == rec
-    assert not list((tmp_path / "runs").glob("*.part"))  # written through a temp file, then renamed
+    assert [p.name for p in (tmp_path / "runs").iterdir()] == ["seed3-reinit-r07.json"]  # no temporary file left
     assert finished_runs(tmp_path) == {"seed3-reinit-r07"} and load_results(tmp_path) == [rec]
     assert finished_runs(tmp_path / "nothing") == set() and load_results(tmp_path / "nothing") == []
     empty = record_run(tmp_path, seed=0, kind="ticket", rnd=0, masks={"e.weight": torch.zeros(0, 3, dtype=torch.bool)},

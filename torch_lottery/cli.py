@@ -234,9 +234,8 @@ def _cmd_reproduce(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"torch-lottery reproduce: error: {exc}", file=sys.stderr)
         return 2
-    default_out = f"runs/{config.model}-{config.dataset}-{config.profile.replace('+', '-')}"
-    out = Path(args.out or (default_out if experiment.name == "imp" else default_out.replace(
-        "runs/", f"runs/{experiment.name}-", 1)))
+    prefix = "" if experiment.name == "imp" else f"{experiment.name}-"  # imp keeps its historical path
+    out = Path(args.out or f"runs/{prefix}{config.model}-{config.dataset}-{config.profile.replace('+', '-')}")
     print(f"torch-lottery reproduce: {config.model} on {config.dataset}, profile {config.profile!r} -> {out}")
     for line in experiment.describe(config):
         print(f"  {line}")

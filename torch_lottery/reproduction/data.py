@@ -27,6 +27,8 @@ from typing import Union
 import torch
 from torch import Tensor
 
+from ..files import atomic_write
+
 __all__ = [
     "DATASETS",
     "DEBIAN_FASHION_MNIST",
@@ -106,11 +108,9 @@ def prepare_fashion_mnist(root: PathLike, *, source: PathLike = DEBIAN_FASHION_M
     if not all((source / f"{name}.gz").is_file() for name in missing):
         return False
     raw.mkdir(parents=True, exist_ok=True)
-    for name in missing:
-        tmp = raw / f"{name}.part"
-        with gzip.open(source / f"{name}.gz", "rb") as fin, open(tmp, "wb") as fout:
+    for name in missing:  # each file whole or not at all: an interrupted extraction is redone next time
+        with gzip.open(source / f"{name}.gz", "rb") as fin, atomic_write(raw / name, fn="prepare_fashion_mnist") as fout:
             shutil.copyfileobj(fin, fout)
-        tmp.replace(raw / name)
         logger.info("extracted %s into %s", source / f"{name}.gz", raw)
     return True
 

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Mapping, Optional, Sequence, Union
 
+from ..backends import check_backend
 from .config import ReproConfig, describe, make_config
 from .data import DatasetSplits
 from .imp import planned_runs, run_seed
@@ -139,8 +140,5 @@ def run_experiment(
         )
     if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1:
         raise ValueError(f"run_experiment(): jobs={jobs!r} must be an int >= 1")
-    from .. import BACKENDS
-
-    if backend not in BACKENDS:
-        raise ValueError(f"run_experiment(): backend={backend!r} is not a mask backend; choose one of {sorted(BACKENDS)}")
+    check_backend(backend, fn="run_experiment")
     return run_seeds(entry.run_seed, config, data, out_dir, progress=progress, jobs=jobs, backend=backend)

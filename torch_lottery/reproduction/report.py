@@ -10,10 +10,12 @@ into one row per ``(kind, round)`` with mean, sample std, min and max over seeds
 from __future__ import annotations
 
 import csv
+import io
 import statistics
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence, Union
 
+from ..files import atomic_write
 from .config import KINDS, ReproConfig
 from .runner import write_json
 
@@ -94,21 +96,32 @@ def format_report(runs: Sequence[Mapping[str, Any]], config: ReproConfig) -> str
 def write_outputs(runs: Sequence[Mapping[str, Any]], config: ReproConfig, out_dir: PathLike) -> dict[str, Path]:
     """Write ``results.json`` (config, runs, summary), ``runs.csv``, ``summary.csv`` and ``table.md``.
 
+    Each file is written through :func:`torch_lottery.files.atomic_write`: whole or not at all.
+
     Returns:
         name -> path of each file written.
     """
     out_dir = Path(out_dir)
     summary = summarize(runs)
     paths = {name: out_dir / name for name in ("results.json", "runs.csv", "summary.csv", "table.md")}
-    write_json(paths["results.json"], {"config": config.to_dict(), "runs": list(runs), "summary": summary})
-    with open(paths["runs.csv"], "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=_RUN_COLUMNS, extrasaction="ignore")
-        writer.writeheader()
-        writer.writerows(sorted(runs, key=lambda r: (r["seed"], KINDS.index(r["kind"]), r["round"])))
-    with open(paths["summary.csv"], "w", newline="") as f:
-        if summary:
-            writer = csv.DictWriter(f, fieldnames=list(summary[0]))
-            writer.writeheader()
-            writer.writerows(summary)
-    paths["table.md"].write_text(format_table(summary, config) + "\n")
+    write_json(paths["results.json"], {"config": config.to_dict(), "runs": list(runs), "summary": summary},
+               fn="write_outputs")
+    ordered = sorted(runs, key=lambda r: (r["seed"], KINDS.index(r["kind"]), r["round"]))
+    _write_text(paths["runs.csv"], _csv(ordered, _RUN_COLUMNS))
+    _write_text(paths["summary.csv"], _csv(summary, list(summary[0])) if summary else "")
+    _write_text(paths["table.md"], format_table(summary, config) + "\n")
     return paths
+
+
+def _csv(rows: Iterable[Mapping[str, Any]], columns: Sequence[str]) -> str:
+    """``rows`` as CSV text with a header line (``csv``'s default dialect: ``\\r\\n`` line ends)."""
+    buffer = io.StringIO(newline="")
+    writer = csv.DictWriter(buffer, fieldnames=list(columns), extrasaction="ignore")
+    writer.writeheader()
+    writer.writerows(rows)
+    return buffer.getvalue()
+
+
+def _write_text(path: Path, text: str) -> None:
+    with atomic_write(path, fn="write_outputs") as f:
+        f.write(text.encode("utf-8"))

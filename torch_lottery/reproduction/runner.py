@@ -20,7 +20,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 import time
 from pathlib import Path
 from typing import Any, Callable, Mapping, Protocol, Sequence, Union
@@ -29,6 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..files import atomic_write
 from ..summary import mask_rows, totals
 from .data import DatasetSplits, Split
 
@@ -161,20 +161,19 @@ def run_key(seed: int, kind: str, rnd: int) -> str:
     return f"seed{seed}-{kind}-r{rnd:02d}"
 
 
-def write_json(path: Path, obj: Any) -> None:
-    """Write atomically (temp file + rename), so an interrupted run never leaves a half file."""
+def write_json(path: Path, obj: Any, *, fn: str = "run_experiment") -> None:
+    """Write ``obj`` as JSON through :func:`torch_lottery.files.atomic_write` (creating the folder), so an
+    interrupted run never leaves a half file; ``fn`` is the function named in an ``OSError``."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".part")
-    tmp.write_text(json.dumps(obj, indent=1, sort_keys=True))
-    os.replace(tmp, path)
+    with atomic_write(path, fn=fn) as f:
+        f.write(json.dumps(obj, indent=1, sort_keys=True).encode("utf-8"))
 
 
 def save_tensors(path: Path, obj: Any) -> None:
-    """``torch.save`` atomically (temp file + rename): a resume point is either whole or absent."""
+    """``torch.save`` through :func:`torch_lottery.files.atomic_write`: a resume point is either whole or absent."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".part")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    with atomic_write(path, fn="run_experiment") as f:
+        torch.save(obj, f)
 
 
 def load_tensors(path: Path) -> Any:
