@@ -81,6 +81,15 @@ TOY = Experiment(
 )
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Batch-60 LeNet gains nothing from intra-op threads and slows down badly on a busy machine."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture
 def toy(monkeypatch: pytest.MonkeyPatch) -> Experiment:
     monkeypatch.setitem(EXPERIMENTS, "toy", TOY)
