@@ -1,0 +1,162 @@
+"""The rewind point: the weights a rewind restores plus optimizer and scheduler state, and the step hooks of late rewinding.
+
+A :class:`RewindPoint` holds theta_0 or theta_k (in a snapshot store), the optimizer's and LR
+scheduler's state at that point, and, for ``rewind=k``, counts optimizer steps through
+``torch.optim`` step hooks and captures theta_k after the k-th step. It never writes to the
+model; the ticket decides what to restore.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+from typing import Any, Callable, Mapping, Optional
+
+import torch
+from torch import Tensor
+
+from .snapshot import SnapshotStore
+
+__all__ = ["RewindPoint", "restore_optimizer_state_", "scheduler_state"]
+
+logger = logging.getLogger(__name__)
+
+
+def scheduler_state(scheduler: Any) -> dict[str, Any]:
+    """A scheduler's state plus its optimizer's learning rates (which ``load_state_dict`` does not restore)."""
+    state: dict[str, Any] = {"scheduler": copy.deepcopy(scheduler.state_dict())}
+    sched_opt = getattr(scheduler, "optimizer", None)
+    if sched_opt is not None:
+        state["lrs"] = [g.get("lr") for g in sched_opt.param_groups]
+        state["initial_lrs"] = [g.get("initial_lr") for g in sched_opt.param_groups]
+    return state
+
+
+def restore_optimizer_state_(
+    optimizer: Optional[torch.optim.Optimizer],
+    optimizer_state: Optional[Mapping[str, Any]],
+    scheduler: Optional[Any],
+    sched_state: Optional[Mapping[str, Any]],
+) -> None:
+    """Load saved optimizer and scheduler state (copies, so the saved state can be loaded again)."""
+    if optimizer is not None and optimizer_state is not None:
+        optimizer.load_state_dict(copy.deepcopy(dict(optimizer_state)))
+    if scheduler is not None and sched_state is not None:
+        scheduler.load_state_dict(copy.deepcopy(sched_state["scheduler"]))
+        sched_opt = getattr(scheduler, "optimizer", None)
+        if sched_opt is not None and "lrs" in sched_state:
+            for group, lr, initial in zip(sched_opt.param_groups, sched_state["lrs"], sched_state["initial_lrs"]):
+                group["lr"] = lr
+                if initial is not None:
+                    group["initial_lr"] = initial
+
+
+class RewindPoint:
+    """theta_0 or theta_k with the optimizer and scheduler state that go with it.
+
+    Args:
+        store: where the weights live (memory or disk).
+        step: ``k`` for late rewinding (captured after the k-th optimizer step of the first
+            round), or ``0`` for a point taken on entry.
+    """
+
+    def __init__(self, store: SnapshotStore, *, step: int = 0) -> None:
+        self.store = store
+        self.step = step
+        self.tensors: Optional[dict[str, Tensor]] = None
+        self.optimizer_state: Optional[dict[str, Any]] = None
+        self.scheduler_state: Optional[dict[str, Any]] = None
+        self.captured = step == 0
+        self.steps = 0
+        self.scheduler_pending = False
+        self._hooks: list[Any] = []
+
+    @property
+    def taken(self) -> bool:
+        """Whether weights have been stored at all (theta_0 at least)."""
+        return self.tensors is not None
+
+    def take_(self, tensors: Mapping[str, Tensor], optimizer: Optional[torch.optim.Optimizer], scheduler: Any) -> None:
+        """Store ``tensors`` and the optimizer's and scheduler's current state as the rewind point."""
+        stored = self.store.put(tensors)
+        self.tensors = stored
+        self.optimizer_state = copy.deepcopy(optimizer.state_dict()) if optimizer is not None else None
+        self.scheduler_state = scheduler_state(scheduler) if scheduler is not None else None
+
+    def mark_captured(self) -> None:
+        """This point is theta_k: stop waiting for step ``k``."""
+        self.captured = True
+        self.scheduler_pending = False
+
+    def capture_scheduler(self, scheduler: Any) -> None:
+        """Record the scheduler's state now (after the step that captured theta_k, once it stepped)."""
+        self.scheduler_state = scheduler_state(scheduler) if scheduler is not None else None
+        self.scheduler_pending = False
+
+    def restore_(self, optimizer: Optional[torch.optim.Optimizer], scheduler: Any) -> None:
+        """Restore the optimizer and scheduler to this point (weights are the ticket's job)."""
+        restore_optimizer_state_(optimizer, self.optimizer_state, scheduler, self.scheduler_state)
+
+    # -- late rewinding: counting optimizer steps --------------------------------------------
+    def start_counting(
+        self,
+        live: Callable[[], Mapping[str, Tensor]],
+        owns: Callable[[torch.optim.Optimizer], bool],
+        optimizer: Optional[torch.optim.Optimizer],
+        scheduler: Any,
+    ) -> None:
+        """Hook optimizer steps until step ``k`` has run; then take ``live()`` as theta_k.
+
+        With ``optimizer`` only its steps count; without, every optimizer that updates a
+        parameter of the model (``owns``) counts, through torch's global step hooks.
+        """
+        self.steps = 0
+
+        def post(opt: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
+            if optimizer is None and not owns(opt):
+                return
+            self.steps += 1
+            if not self.captured and self.steps == self.step:
+                self.tensors = self.store.put(live())
+                self.optimizer_state = copy.deepcopy(optimizer.state_dict()) if optimizer is not None else None
+                self.captured = True
+                self.scheduler_pending = scheduler is not None
+                logger.info("rewind point theta_%d captured", self.steps)
+
+        def pre(opt: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
+            if self.scheduler_pending and (optimizer is None or opt is optimizer):
+                self.capture_scheduler(scheduler)
+
+        if optimizer is not None:
+            hooks = [optimizer.register_step_post_hook(post), optimizer.register_step_pre_hook(pre)]
+        else:
+            from torch.optim.optimizer import register_optimizer_step_post_hook, register_optimizer_step_pre_hook
+
+            hooks = [register_optimizer_step_post_hook(post), register_optimizer_step_pre_hook(pre)]
+        self._hooks = hooks
+
+    def stop_counting(self) -> None:
+        """Remove the step hooks (idempotent)."""
+        hooks, self._hooks = self._hooks, []
+        for h in hooks:
+            h.remove()
+
+    # -- resumable state ---------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        """The point as plain data: weights (cloned), captured flag, steps, optimizer and scheduler state."""
+        return {
+            "rewind_weights": {k: v.clone() for k, v in (self.tensors or {}).items()},
+            "rewind_captured": self.captured,
+            "steps": self.steps,
+            "optimizer_state": copy.deepcopy(self.optimizer_state),
+            "scheduler_state": copy.deepcopy(self.scheduler_state),
+        }
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore what :meth:`state_dict` returned (validated by the caller)."""
+        weights = state["rewind_weights"]
+        self.tensors = self.store.put(weights) if weights else None
+        self.captured = bool(state.get("rewind_captured", True))
+        self.steps = int(state.get("steps", 0))
+        self.optimizer_state = copy.deepcopy(state.get("optimizer_state"))
+        self.scheduler_state = copy.deepcopy(state.get("scheduler_state"))
