@@ -13,14 +13,15 @@ from torch import Tensor, nn
 
 from .backends import MaskBackend, make_backend
 from .controls import fresh_init
-from .rewind import RewindPoint
-from .schedule import group_counts, per_round_rate, plan_groups
+from .rewind import RewindPoint, check_optimizer, check_scheduler, check_fits, write_tensors_
+from .installing import Undo, install_masks_, restore_masks_
+from .pruning import broadcast_masks, next_masks, score_weights
+from .schedule import per_round_rate
 from .scoring import Criterion, get_criterion
-from .selection import prune_lowest
-from .settings import MATCHING_KEYS, SETTINGS_KEYS, TicketSettings
+from .settings import SETTINGS_KEYS, TicketSettings, check_saved_state
 from .snapshot import DiskStore, make_store
 from .summary import format_table, mask_rows, round_record, totals
-from .targets import Target, TargetSelector, find_targets, named_state_tensors, unwrap_model
+from .targets import Target, TargetSelector, check_masks, find_targets, named_state_tensors, unwrap_model
 
 __all__ = ["LotteryTicket", "per_round_rate"]
 
@@ -29,21 +30,6 @@ logger = logging.getLogger(__name__)
 F = TypeVar("F", bound=Callable[..., Any])
 
 _SET_MASK_MODES = ("replace", "intersect")
-
-
-def _check_optimizer(optimizer: object, fn: str) -> Optional[torch.optim.Optimizer]:
-    if optimizer is not None and not isinstance(optimizer, torch.optim.Optimizer):
-        raise TypeError(f"{fn}: optimizer={type(optimizer).__name__!r} is not a torch.optim.Optimizer; pass your optimizer")
-    return optimizer  # type: ignore[return-value]
-
-
-def _check_scheduler(scheduler: object, fn: str) -> Any:
-    if scheduler is not None and not (hasattr(scheduler, "state_dict") and hasattr(scheduler, "load_state_dict")):
-        raise TypeError(
-            f"{fn}: scheduler={type(scheduler).__name__!r} has no state_dict()/load_state_dict(); "
-            "pass a torch.optim.lr_scheduler instance"
-        )
-    return scheduler
 
 
 def _check_snapshot_dir(device: str, snapshot_dir: object) -> None:
@@ -73,47 +59,36 @@ class LotteryTicket:
     :meth:`abort_round_`, which callbacks of other training frameworks can call directly.
 
     Args:
-        model: any ``nn.Module`` (DataParallel/DDP wrappers are looked through). The constructor
-            does not modify it; masks installed before (by hand or a resumed run) are read as they
-            are, and :meth:`adopt_masks_` hands them to the backend.
-        sparsity: final fraction of the target weights to prune, reached after ``rounds`` rounds
-            (one round if ``rounds`` is ``None``). Give this or ``rate``.
-        rate: fraction of the *surviving* target weights pruned each round (torch's ``amount``).
-        rounds: number of rounds; with ``rate`` and no ``rounds`` there is no limit.
+        model: any ``nn.Module`` (DataParallel/DDP wrappers are looked through); not modified
+            here (masks installed earlier are read as they are; see :meth:`adopt_masks_`).
+        sparsity: final fraction of the target weights pruned after ``rounds`` rounds (default 1).
+        rate: fraction of the *surviving* target weights pruned each round (torch's ``amount``);
+            give ``sparsity`` or ``rate``. With ``rate`` and no ``rounds`` there is no limit.
+        rounds: the number of rounds.
         scope: ``"global"`` ranks all targets together; ``"layer"`` prunes each at its own rate.
-        rewind: what the survivors are reset to after pruning: ``"init"`` (theta_0, the snapshot
-            taken on first entry); an int ``k`` (the weights after the k-th optimizer step of the
-            first round: late rewinding, captured by hooking the optimizer, or by
-            :meth:`mark_rewind_point`); ``"none"`` (keep the trained weights: fine-tuning and
-            learning-rate rewinding); ``"reinit"`` (fresh random values from each layer's own
-            initializer, seeded: the paper's random re-initialization control).
-        targets: which tensors to prune: ``None`` for the paper's default (weights of Linear,
-            ConvNd, ConvTranspose, MultiheadAttention projections and other >=2-D leaf weights;
-            never biases, norms, embeddings or RNNs), glob patterns over FQNs, or a callable
-            ``(fqn, module, parameter) -> bool``.
+        rewind: ``"init"`` (theta_0), an int ``k`` (late rewinding to the weights after the k-th
+            optimizer step of the first round, or :meth:`mark_rewind_point`), ``"none"``
+            (fine-tuning; learning-rate rewinding with a ``scheduler``) or ``"reinit"`` (seeded
+            fresh values from each layer's initializer: the random re-initialization control).
+        targets: ``None`` for the paper's default (Linear, ConvNd, ConvTranspose, attention
+            projections and other >=2-D leaf weights; never biases, norms, embeddings or RNNs),
+            glob patterns over FQNs, or a callable ``(fqn, module, parameter) -> bool``.
         exclude: glob patterns of FQNs to leave out.
-        layer_rates: per-round rate overrides ``{fqn or glob: rate}``, e.g. ``{"fc3.weight": 0.1}``;
-            overridden tensors are pruned on their own (also under ``scope="global"``).
-        layer_sparsity: per-tensor final sparsity overrides ``{fqn or glob: sparsity}``, reached
-            after ``rounds`` rounds. When the overrides cover every target, ``rate`` and
-            ``sparsity`` may both be left out.
-        criterion: ``"magnitude"`` (default), ``"random"``, ``"magnitude_increase"``, ``"movement"``
-            or a callable, see :mod:`torch_lottery.scoring`.
-        restore: what a rewind restores besides the pruned weights: ``"all"`` (every parameter and
-            buffer, BatchNorm statistics included; open_lth's behaviour), ``"params"`` (parameters
-            only) or ``"targets"`` (only the pruned tensors).
-        optimizer: your optimizer, optional (also attachable later, see :attr:`optimizer`). Its
-            state is restored to the rewind point on every rewind and it counts steps for
-            ``rewind=k``. Without one, momenta carry over a rewind: create a new optimizer.
-        scheduler: your LR scheduler, optional; restored to the rewind point on every rewind
-            (with its optimizer's learning rates). With ``rewind="none"`` this gives
-            learning-rate rewinding; leave it out for plain fine-tuning.
-        seed: seed for ``"random"`` scores and ``"reinit"``, in ``[0, 2**43)``.
-        snapshot_device: where the snapshot lives: a torch device (``"cpu"`` by default), or
-            ``"disk"``: a safetensors file written one tensor at a time and read memory-mapped.
-        snapshot_dir: the folder for ``snapshot_device="disk"`` (file ``rewind.safetensors``); by
-            default a temporary folder removed with the ticket.
-        backend: mask backend name (see :data:`torch_lottery.BACKENDS`), ``"prune"`` by default.
+        layer_rates, layer_sparsity: per-tensor overrides ``{fqn or glob: fraction}`` of the
+            per-round rate or the final sparsity; each overridden tensor is ranked on its own.
+        criterion: ``"magnitude"``, ``"random"``, ``"magnitude_increase"``, ``"movement"`` or a
+            callable, see :mod:`torch_lottery.scoring`.
+        restore: what a rewind restores besides the pruned weights: ``"all"`` (parameters and
+            buffers, BatchNorm statistics included), ``"params"`` or ``"targets"``.
+        optimizer, scheduler: optional; restored to the rewind point on every rewind (the
+            optimizer also counts steps for ``rewind=k``); attachable later (:meth:`attach`).
+            Without an optimizer, momenta carry over a rewind: create a new one.
+        seed: seed of ``"random"`` scores and ``"reinit"``, in ``[0, 2**43)``.
+        snapshot_device: a torch device (``"cpu"``), or ``"disk"``: a safetensors file in
+            ``snapshot_dir`` (a temporary folder by default), read memory-mapped.
+        snapshot_dir: the folder of the disk snapshot.
+        backend: mask backend name (:data:`torch_lottery.BACKENDS`), ``"prune"`` by default.
+        Settings are validated and kept as a frozen :class:`~torch_lottery.settings.TicketSettings`.
 
     Raises:
         TypeError, ValueError: for invalid arguments; the model is not touched.
@@ -167,14 +142,16 @@ class LotteryTicket:
             snapshot_device=snapshot_device, backend=backend,  # type: ignore[arg-type]
         )
         _check_snapshot_dir(settings.snapshot_device, snapshot_dir)
-        self._optimizer = _check_optimizer(optimizer, "LotteryTicket()")
-        self._scheduler = _check_scheduler(scheduler, "LotteryTicket()")
+        optimizer = check_optimizer(optimizer, "LotteryTicket()")
+        scheduler = check_scheduler(scheduler, "LotteryTicket()")
         self._model = unwrap_model(model)
         self._targets: list[Target] = find_targets(self._model, targets, () if exclude is None else exclude)
         self._settings = settings.resolve([t.fqn for t in self._targets])
         self._backend: MaskBackend = make_backend(settings.backend, self._model)
         k = settings.rewind if isinstance(settings.rewind, int) else 0
-        self._point = RewindPoint(make_store(settings.snapshot_device, snapshot_dir), step=k)
+        self._point = RewindPoint(make_store(settings.snapshot_device, snapshot_dir), step=k, optimizer=optimizer, scheduler=scheduler)
+        if optimizer is not None and not self._owns(optimizer):
+            raise ValueError(f"LotteryTicket(): optimizer={type(optimizer).__name__} updates none of the model's parameters; pass the optimizer of this model")
         self._round = 0
         self._history: list[dict[str, Any]] = []
         self._active = False
@@ -212,46 +189,39 @@ class LotteryTicket:
 
     @property
     def optimizer(self) -> Optional[torch.optim.Optimizer]:
-        """The attached optimizer; assign one after construction (frameworks create it late).
-
-        A newly attached optimizer's current state becomes the state restored at each rewind
-        (a fresh optimizer is thus reset on every rewind), unless it is attached before the
-        first snapshot, which records it then.
-        """
-        return self._optimizer
+        """The attached optimizer; assignable after construction (frameworks create it late), see :meth:`attach`."""
+        return self._point.optimizer
 
     @optimizer.setter
     def optimizer(self, optimizer: Optional[torch.optim.Optimizer]) -> None:
-        self.attach(optimizer=optimizer, scheduler=self._scheduler)
+        self.attach(optimizer=optimizer, scheduler=self.scheduler)
 
     @property
     def scheduler(self) -> Any:
         """The attached LR scheduler; assignable like :attr:`optimizer`."""
-        return self._scheduler
+        return self._point.scheduler
 
     @scheduler.setter
     def scheduler(self, scheduler: Any) -> None:
-        self.attach(optimizer=self._optimizer, scheduler=scheduler)
+        self.attach(optimizer=self.optimizer, scheduler=scheduler)
 
     def attach(self, *, optimizer: Optional[torch.optim.Optimizer] = None, scheduler: Any = None) -> None:
         """Attach (or replace, or with ``None`` detach) the optimizer and scheduler.
+
+        Once theta_0 is taken, a newly attached optimizer's current state becomes the state
+        restored at each rewind (a fresh optimizer is reset on every rewind).
 
         Raises:
             TypeError: not an optimizer / scheduler. ValueError: the optimizer updates none of
                 the model's parameters. RuntimeError: while a block waits to capture theta_k.
         """
         fn = "LotteryTicket.attach()"
-        optimizer, scheduler = _check_optimizer(optimizer, fn), _check_scheduler(scheduler, fn)
+        optimizer, scheduler = check_optimizer(optimizer, fn), check_scheduler(scheduler, fn)
         if optimizer is not None and not self._owns(optimizer):
             raise ValueError(f"{fn}: optimizer={type(optimizer).__name__} updates none of the model's parameters; pass the optimizer of ticket.model")
         if self._active and not self._point.captured:
             raise RuntimeError(f"{fn}: the block is counting steps for rewind={self.rewind!r}; attach before entering it")
-        point = self._point
-        if optimizer is not self._optimizer and point.taken:
-            point.optimizer_state = copy.deepcopy(optimizer.state_dict()) if optimizer is not None else None
-        if scheduler is not self._scheduler and point.taken:
-            point.capture_scheduler(scheduler)
-        self._optimizer, self._scheduler = optimizer, scheduler
+        self._point.attach(optimizer, scheduler)
 
     @property
     def targets(self) -> list[Target]:
@@ -321,7 +291,7 @@ class LotteryTicket:
         if not self._point.taken:
             self.snapshot_()
         if not self._point.captured:
-            self._point.start_counting(self._live, self._owns, self._optimizer, self._scheduler)
+            self._point.start_counting(self._live, self._owns)
         self._active = True
 
     def abort_round_(self, reason: str = "abort_round_()") -> None:
@@ -334,7 +304,7 @@ class LotteryTicket:
         self._close_round("end_round_")
         point = self._point
         if point.scheduler_pending:
-            point.capture_scheduler(self._scheduler)
+            point.capture_scheduler()
         if not point.captured:
             raise RuntimeError(
                 f"LotteryTicket.end_round_(): rewind={self.rewind!r} but only {point.steps} optimizer steps ran "
@@ -385,12 +355,12 @@ class LotteryTicket:
     def _apply_round(self) -> dict[str, Tensor]:
         """Prune and rewind as one step: if the rewind fails, the masks and the count are put back."""
         new = self.compute_masks()
-        values = self._rewind_values(self._round + 1)
         previous = self._install_masks_(new)
         self._round += 1
         self._history.append(round_record(self._round, new))
         try:
-            self._write_rewind(values)
+            # computed with the new masks in place: a re-initialization draws in the module's current order
+            self._write_rewind(self._rewind_values(self._round))
         except BaseException:
             self._round -= 1
             self._history.pop()
@@ -415,55 +385,12 @@ class LotteryTicket:
                 of the wrong shape or with NaN.
         """
         masks = self.masks
-        scores = self._scores(masks)
-        groups = plan_groups(self.target_fqns, self._settings)
-        survivors = {f: int(torch.count_nonzero(m)) for f, m in masks.items()}
-        numel = {t.fqn: t.numel for t in self._targets}
-        counts = group_counts(groups, survivors, numel, done=self._round, rounds=self.rounds)
-        new: dict[str, Tensor] = {}
-        for group, n in zip(groups, counts):
-            new.update(prune_lowest({f: scores[f] for f in group.fqns}, {f: masks[f] for f in group.fqns}, n))
-        new = self._sync_masks(new)
-        return {t.fqn: new[t.fqn] for t in self._targets}
-
-    def _scores(self, masks: Mapping[str, Tensor]) -> dict[str, Tensor]:
+        weights = {t.fqn: self._backend.weight(t) for t in self._targets}
         generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self._round)
-        initial = self._point.tensors or {}
-        name = self._settings.criterion
-        scores: dict[str, Tensor] = {}
-        for t in self._targets:
-            w = self._backend.weight(t)
-            if not torch.isfinite(w).all():
-                bad = int((~torch.isfinite(w)).sum())
-                raise ValueError(
-                    f"LotteryTicket.prune_(): {t.fqn!r} has {bad} NaN or infinite weights; "
-                    "fix the training run (lower the learning rate, clip gradients) before pruning. "
-                    "Nothing was pruned."
-                )
-            s = self._criterion(t.fqn, w, initial.get(t.fqn), generator)
-            if not isinstance(s, Tensor) or s.shape != w.shape:
-                raise ValueError(
-                    f"LotteryTicket.prune_(): criterion={name!r} returned "
-                    f"{getattr(s, 'shape', type(s).__name__)} for {t.fqn!r} of shape {tuple(w.shape)}; "
-                    "return one score per weight"
-                )
-            if torch.isnan(s).any() and torch.isnan(s[masks[t.fqn]]).any():  # cheap check first
-                raise ValueError(f"LotteryTicket.prune_(): criterion={name!r} returned NaN scores for {t.fqn!r}")
-            scores[t.fqn] = s
-        return scores
-
-    def _sync_masks(self, masks: dict[str, Tensor]) -> dict[str, Tensor]:
-        """Under torch.distributed, make every rank use rank 0's masks."""
-        dist = torch.distributed
-        if not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
-            return masks
-        device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
-        out = {}
-        for fqn, mask in masks.items():
-            buf = mask.to(device=device, dtype=torch.uint8)
-            dist.broadcast(buf, src=0)
-            out[fqn] = buf.to(device=mask.device, dtype=torch.bool)
-        return out
+        scores = score_weights(
+            weights, masks, self._point.tensors or {}, self._criterion, name=self._settings.criterion, generator=generator
+        )
+        return broadcast_masks(next_masks(scores, masks, self._settings, done=self._round))
 
     def prune_(self) -> dict[str, Tensor]:
         """Run the pruning half of a round now: compute masks from the current weights and install them.
@@ -482,28 +409,11 @@ class LotteryTicket:
         self._log_round()
         return new
 
-    def _install_masks_(self, masks: Mapping[str, Tensor]) -> list[tuple[Target, bool, Tensor]]:
-        """Install ``masks`` on every target, or none of them; return what :meth:`_restore_masks_` needs."""
-        previous = [(t, self._backend.is_masked(t), self._backend.mask(t)) for t in self._targets]
-        done: list[tuple[Target, bool, Tensor]] = []
-        try:
-            for entry in previous:
-                self._backend.apply_(entry[0], masks[entry[0].fqn])
-                done.append(entry)
-        except BaseException:
-            self._restore_masks_(done)
-            raise
-        finally:
-            self._backend.commit_()  # the backend may drop what a rollback needed
-        return previous
+    def _install_masks_(self, masks: Mapping[str, Tensor]) -> Undo:
+        return install_masks_(self._backend, self._targets, masks)
 
-    def _restore_masks_(self, previous: Sequence[tuple[Target, bool, Tensor]]) -> None:
-        for t, was_masked, old in reversed(previous):
-            if was_masked:
-                self._backend.apply_(t, old)
-            else:
-                self._backend.unapply_(t)
-        self._backend.commit_()
+    def _restore_masks_(self, previous: Undo) -> None:
+        restore_masks_(self._backend, previous)
 
     def set_masks_(self, masks: Mapping[str, Tensor], *, rewind: bool = True, mode: str = "replace") -> None:
         """Install the given masks (a random-mask control, or masks from elsewhere), then rewind.
@@ -526,38 +436,19 @@ class LotteryTicket:
             raise RuntimeError(f"{fn}: remove_() made the pruning permanent; build a new ticket")
         if mode not in _SET_MASK_MODES:
             raise ValueError(f"{fn}: mode={mode!r} is not one of {list(_SET_MASK_MODES)}")
-        self._check_masks(masks, fn)
+        masks = check_masks(masks, self._targets, fn)
         if mode == "intersect":
             current = self.masks
             masks = {f: current[f] & masks[f].to(current[f].device) for f in current}
         if rewind and not self._point.taken:
             self.snapshot_()  # nothing entered yet: the current weights are theta_0
-        values = self._rewind_values(self._round) if rewind else None
         previous = self._install_masks_(masks)
         if rewind:
             try:
-                self._write_rewind(values)
+                self._write_rewind(self._rewind_values(self._round))
             except BaseException:
                 self._restore_masks_(previous)
                 raise
-
-    def _check_masks(self, masks: Mapping[str, Tensor], fn: str) -> None:
-        """Masks must be one bool tensor of the target's shape per target, and nothing else."""
-        if not isinstance(masks, Mapping):
-            raise TypeError(f"{fn}: masks={type(masks).__name__} is not a dict; pass {{fqn: bool tensor}}")
-        expected = self.target_fqns
-        missing = [f for f in expected if f not in masks]
-        unknown = [f for f in masks if f not in expected]
-        if missing or unknown:
-            raise ValueError(
-                f"{fn}: masks missing {missing!r} and unknown {unknown!r}; pass one bool mask per target in {expected!r}"
-            )
-        for t in self._targets:
-            m = masks[t.fqn]
-            if not isinstance(m, Tensor) or m.dtype != torch.bool:
-                raise TypeError(f"{fn}: masks[{t.fqn!r}] is {getattr(m, 'dtype', type(m).__name__)}; pass bool tensors")
-            if tuple(m.shape) != t.shape:
-                raise ValueError(f"{fn}: masks[{t.fqn!r}] has shape {tuple(m.shape)}, the tensor has {t.shape}")
 
     def adopt_masks_(self) -> list[str]:
         """Hand masks already installed in the model (pruned by hand with ``torch.nn.utils.prune``,
@@ -589,7 +480,7 @@ class LotteryTicket:
 
     def snapshot_(self) -> None:
         """Take the theta_0 snapshot now (entering the first block does this if it was not done)."""
-        self._point.take_(self._live(), self._optimizer, self._scheduler)
+        self._point.take_(self._live())
 
     def mark_rewind_point(self) -> None:
         """Make the current state the rewind point (theta_k): weights, optimizer and scheduler."""
@@ -609,26 +500,13 @@ class LotteryTicket:
         values = dict(self._point.tensors)
         if self.rewind == "reinit":
             values.update(fresh_init(self._model, self._targets, seed=self.seed + round_index))
-        live = self.live_tensors()
-        for key, value in values.items():
-            if key not in live or tuple(live[key].shape) != tuple(value.shape):
-                raise RuntimeError(
-                    f"LotteryTicket.rewind_(): the model no longer has {key!r} with shape "
-                    f"{tuple(value.shape)}; was the model changed after the snapshot?"
-                )
+        check_fits(values, self.live_tensors(), "LotteryTicket.rewind_()")
         return values
 
     def _write_rewind(self, values: Optional[Mapping[str, Tensor]]) -> None:
         if values is not None:
-            live = self.live_tensors()
-            targets = {t.fqn: t for t in self._targets}
-            with torch.no_grad():
-                for key, value in values.items():
-                    if key in targets:
-                        self._backend.load_(targets[key], value)
-                    else:
-                        live[key].copy_(value)
-        self._point.restore_(self._optimizer, self._scheduler)
+            write_tensors_(self.live_tensors(), values, self._backend, self._targets)
+        self._point.restore_()
 
     def rewind_(self) -> None:
         """Reset the model to the rewind point, masks kept, according to ``rewind`` and ``restore``.
@@ -729,37 +607,11 @@ class LotteryTicket:
 
     def _check_state(self, state: Mapping[str, Any]) -> dict[str, Tensor]:
         fn = "LotteryTicket.load_state_dict()"
-        if not isinstance(state, Mapping):
-            raise TypeError(f"{fn}: state={type(state).__name__} is not a dict; pass ticket.state_dict()")
-        missing = [k for k in ("config", "round", "history", "masks", "rewind_weights") if k not in state]
-        if missing:
-            raise ValueError(f"{fn}: state is missing {missing!r}; pass ticket.state_dict()")
-        if not isinstance(state["config"], Mapping):
-            raise ValueError(f"{fn}: state['config'] is {type(state['config']).__name__}, not a dict; pass ticket.state_dict()")
-        mine, theirs = self.config(), dict(state["config"])
-        saved = {k: theirs.get(k, {} if k.startswith("layer_") else None) for k in MATCHING_KEYS}
-        differ = {k: (saved[k], mine[k]) for k in MATCHING_KEYS if saved[k] != mine[k]}
-        if differ:
-            raise ValueError(
-                f"{fn}: settings differ (saved, this ticket): {differ!r}; "
-                "build the ticket with LotteryTicket.from_config(model, state['config'])"
-            )
-        rnd, history = state["round"], state["history"]
-        if isinstance(rnd, bool) or not isinstance(rnd, int) or rnd < 0:
-            raise ValueError(f"{fn}: state['round']={rnd!r} is not a round count (an int >= 0); the state is damaged")
-        if not isinstance(history, (list, tuple)) or not all(isinstance(r, Mapping) for r in history):
-            raise ValueError(f"{fn}: state['history']={history!r:.80} is not a list of round records; the state is damaged")
-        if not isinstance(state["masks"], Mapping) or not isinstance(state["rewind_weights"], Mapping):
-            raise ValueError(f"{fn}: state['masks'] and state['rewind_weights'] must be dicts of tensors; the state is damaged")
+        check_saved_state(state, self.config(), fn)
         masks = {k: v.to(torch.bool) if isinstance(v, Tensor) else v for k, v in state["masks"].items()}
-        for t in self._targets:
-            m = masks.get(t.fqn)
-            if not isinstance(m, Tensor) or tuple(m.shape) != t.shape:
-                raise ValueError(
-                    f"{fn}: mask for {t.fqn!r} is {tuple(m.shape) if isinstance(m, Tensor) else m!r}, expected shape {t.shape}"
-                )
+        masks = check_masks(masks, self._targets, fn, what="state['masks']")
         live = self._live()
         for key, value in state["rewind_weights"].items():
             if key not in live or not isinstance(value, Tensor) or tuple(live[key].shape) != tuple(value.shape):
                 raise ValueError(f"{fn}: snapshot tensor {key!r} does not fit this model")
-        return {t.fqn: masks[t.fqn] for t in self._targets}
+        return masks

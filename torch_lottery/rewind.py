@@ -10,16 +10,60 @@ from __future__ import annotations
 
 import copy
 import logging
-from typing import Any, Callable, Mapping, Optional
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Optional, Sequence
 
 import torch
 from torch import Tensor
 
 from .snapshot import SnapshotStore
+from .targets import Target
 
-__all__ = ["RewindPoint", "restore_optimizer_state_", "scheduler_state"]
+if TYPE_CHECKING:
+    from .backends import MaskBackend
+
+__all__ = ["RewindPoint", "check_fits", "check_optimizer", "write_tensors_", "check_scheduler", "restore_optimizer_state_", "scheduler_state"]
 
 logger = logging.getLogger(__name__)
+
+
+def check_optimizer(optimizer: object, fn: str) -> Optional[torch.optim.Optimizer]:
+    """``optimizer`` if it is ``None`` or a ``torch.optim.Optimizer``; ``TypeError`` naming ``fn`` otherwise."""
+    if optimizer is not None and not isinstance(optimizer, torch.optim.Optimizer):
+        raise TypeError(f"{fn}: optimizer={type(optimizer).__name__!r} is not a torch.optim.Optimizer; pass your optimizer")
+    return optimizer  # type: ignore[return-value]
+
+
+def check_scheduler(scheduler: object, fn: str) -> Any:
+    """``scheduler`` if it is ``None`` or has ``state_dict``/``load_state_dict``; ``TypeError`` otherwise."""
+    if scheduler is not None and not (hasattr(scheduler, "state_dict") and hasattr(scheduler, "load_state_dict")):
+        raise TypeError(
+            f"{fn}: scheduler={type(scheduler).__name__!r} has no state_dict()/load_state_dict(); "
+            "pass a torch.optim.lr_scheduler instance"
+        )
+    return scheduler
+
+
+def check_fits(values: Mapping[str, Tensor], live: Mapping[str, Tensor], fn: str) -> None:
+    """Every value must have a live tensor of its shape to go into; ``RuntimeError`` naming the first that does not."""
+    for key, value in values.items():
+        if key not in live or tuple(live[key].shape) != tuple(value.shape):
+            raise RuntimeError(
+                f"{fn}: the model no longer has {key!r} with shape {tuple(value.shape)}; "
+                "was the model changed after the snapshot?"
+            )
+
+
+def write_tensors_(
+    live: Mapping[str, Tensor], values: Mapping[str, Tensor], backend: "MaskBackend", targets: Sequence[Target]
+) -> None:
+    """Write ``values`` into the model in place: targets through ``backend.load_`` (masks kept), the rest by ``copy_``."""
+    by_fqn = {t.fqn: t for t in targets}
+    with torch.no_grad():
+        for key, value in values.items():
+            if key in by_fqn:
+                backend.load_(by_fqn[key], value)
+            else:
+                live[key].copy_(value)
 
 
 def scheduler_state(scheduler: Any) -> dict[str, Any]:
@@ -58,10 +102,16 @@ class RewindPoint:
         store: where the weights live (memory or disk).
         step: ``k`` for late rewinding (captured after the k-th optimizer step of the first
             round), or ``0`` for a point taken on entry.
+        optimizer, scheduler: the attached optimizer and LR scheduler whose state the point
+            records and restores (see :meth:`attach`).
     """
 
-    def __init__(self, store: SnapshotStore, *, step: int = 0) -> None:
+    def __init__(
+        self, store: SnapshotStore, *, step: int = 0, optimizer: Optional[torch.optim.Optimizer] = None, scheduler: Any = None
+    ) -> None:
         self.store = store
+        self.optimizer = optimizer
+        self.scheduler = scheduler
         self.step = step
         self.tensors: Optional[dict[str, Tensor]] = None
         self.optimizer_state: Optional[dict[str, Any]] = None
@@ -76,34 +126,45 @@ class RewindPoint:
         """Whether weights have been stored at all (theta_0 at least)."""
         return self.tensors is not None
 
-    def take_(self, tensors: Mapping[str, Tensor], optimizer: Optional[torch.optim.Optimizer], scheduler: Any) -> None:
+    def attach(self, optimizer: Optional[torch.optim.Optimizer], scheduler: Any) -> None:
+        """Use ``optimizer`` and ``scheduler`` from now on (validated by the caller).
+
+        Once a point is taken, a newly attached optimizer's (or scheduler's) current state
+        becomes the state restored at each rewind: a fresh optimizer is reset on every rewind.
+        """
+        if optimizer is not self.optimizer and self.taken:
+            self.optimizer_state = copy.deepcopy(optimizer.state_dict()) if optimizer is not None else None
+        if scheduler is not self.scheduler and self.taken:
+            self.scheduler_state = scheduler_state(scheduler) if scheduler is not None else None
+        self.optimizer, self.scheduler = optimizer, scheduler
+
+    def take_(self, tensors: Mapping[str, Tensor]) -> None:
         """Store ``tensors`` and the optimizer's and scheduler's current state as the rewind point."""
         stored = self.store.put(tensors)
         self.tensors = stored
-        self.optimizer_state = copy.deepcopy(optimizer.state_dict()) if optimizer is not None else None
-        self.scheduler_state = scheduler_state(scheduler) if scheduler is not None else None
+        self.optimizer_state = copy.deepcopy(self.optimizer.state_dict()) if self.optimizer is not None else None
+        self.scheduler_state = scheduler_state(self.scheduler) if self.scheduler is not None else None
 
     def mark_captured(self) -> None:
         """This point is theta_k: stop waiting for step ``k``."""
         self.captured = True
         self.scheduler_pending = False
 
-    def capture_scheduler(self, scheduler: Any) -> None:
+    def capture_scheduler(self) -> None:
         """Record the scheduler's state now (after the step that captured theta_k, once it stepped)."""
-        self.scheduler_state = scheduler_state(scheduler) if scheduler is not None else None
+        if self.scheduler is not None:
+            self.scheduler_state = scheduler_state(self.scheduler)
         self.scheduler_pending = False
 
-    def restore_(self, optimizer: Optional[torch.optim.Optimizer], scheduler: Any) -> None:
+    def restore_(self) -> None:
         """Restore the optimizer and scheduler to this point (weights are the ticket's job)."""
-        restore_optimizer_state_(optimizer, self.optimizer_state, scheduler, self.scheduler_state)
+        restore_optimizer_state_(self.optimizer, self.optimizer_state, self.scheduler, self.scheduler_state)
 
     # -- late rewinding: counting optimizer steps --------------------------------------------
     def start_counting(
         self,
         live: Callable[[], Mapping[str, Tensor]],
         owns: Callable[[torch.optim.Optimizer], bool],
-        optimizer: Optional[torch.optim.Optimizer],
-        scheduler: Any,
     ) -> None:
         """Hook optimizer steps until step ``k`` has run; then take ``live()`` as theta_k.
 
@@ -111,6 +172,7 @@ class RewindPoint:
         parameter of the model (``owns``) counts, through torch's global step hooks.
         """
         self.steps = 0
+        optimizer, scheduler = self.optimizer, self.scheduler
 
         def post(opt: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
             if optimizer is None and not owns(opt):
@@ -125,7 +187,7 @@ class RewindPoint:
 
         def pre(opt: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
             if self.scheduler_pending and (optimizer is None or opt is optimizer):
-                self.capture_scheduler(scheduler)
+                self.capture_scheduler()
 
         if optimizer is not None:
             hooks = [optimizer.register_step_post_hook(post), optimizer.register_step_pre_hook(pre)]

@@ -17,7 +17,7 @@ from typing import Any, Mapping, Optional, Sequence, Union
 
 import torch
 
-__all__ = ["MATCHING_KEYS", "REWIND_MODES", "RESTORE_MODES", "SCOPES", "SETTINGS_KEYS", "TicketSettings", "check_fraction"]
+__all__ = ["MATCHING_KEYS", "check_saved_state", "REWIND_MODES", "RESTORE_MODES", "SCOPES", "SETTINGS_KEYS", "TicketSettings", "check_fraction"]
 
 SCOPES = ("global", "layer")
 REWIND_MODES = ("init", "none", "reinit")
@@ -198,3 +198,34 @@ SETTINGS_KEYS: tuple[str, ...] = (
 MATCHING_KEYS: tuple[str, ...] = (
     "targets", "scope", "rate", "sparsity", "rounds", "rewind", "restore", "layer_rates", "layer_sparsity",
 )
+
+
+def check_saved_state(state: object, config: Mapping[str, Any], fn: str) -> None:
+    """Check the plain parts of a saved ticket state against this ticket's ``config``.
+
+    Keys ``config``, ``round``, ``history``, ``masks`` and ``rewind_weights`` must be present,
+    the :data:`MATCHING_KEYS` settings equal, the round an int >= 0 and the history a list of
+    records. Tensors are the caller's to check. Raises ``TypeError``/``ValueError`` naming ``fn``.
+    """
+    if not isinstance(state, Mapping):
+        raise TypeError(f"{fn}: state={type(state).__name__} is not a dict; pass ticket.state_dict()")
+    missing = [k for k in ("config", "round", "history", "masks", "rewind_weights") if k not in state]
+    if missing:
+        raise ValueError(f"{fn}: state is missing {missing!r}; pass ticket.state_dict()")
+    if not isinstance(state["config"], Mapping):
+        raise ValueError(f"{fn}: state['config'] is {type(state['config']).__name__}, not a dict; pass ticket.state_dict()")
+    theirs = dict(state["config"])
+    saved = {k: theirs.get(k, {} if k.startswith("layer_") else None) for k in MATCHING_KEYS}
+    differ = {k: (saved[k], config[k]) for k in MATCHING_KEYS if saved[k] != config[k]}
+    if differ:
+        raise ValueError(
+            f"{fn}: settings differ (saved, this ticket): {differ!r}; "
+            "build the ticket with LotteryTicket.from_config(model, state['config'])"
+        )
+    rnd, history = state["round"], state["history"]
+    if isinstance(rnd, bool) or not isinstance(rnd, int) or rnd < 0:
+        raise ValueError(f"{fn}: state['round']={rnd!r} is not a round count (an int >= 0); the state is damaged")
+    if not isinstance(history, (list, tuple)) or not all(isinstance(r, Mapping) for r in history):
+        raise ValueError(f"{fn}: state['history']={history!r:.80} is not a list of round records; the state is damaged")
+    if not isinstance(state["masks"], Mapping) or not isinstance(state["rewind_weights"], Mapping):
+        raise ValueError(f"{fn}: state['masks'] and state['rewind_weights'] must be dicts of tensors; the state is damaged")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import fnmatch
 from dataclasses import dataclass
-from typing import Callable, Iterator, Sequence, Union
+from typing import Callable, Iterator, Mapping, Sequence, Union
 
 import torch
 from torch import Tensor, nn
@@ -14,6 +14,7 @@ __all__ = [
     "Target",
     "TargetSelector",
     "canonical_name",
+    "check_masks",
     "find_targets",
     "get_place",
     "is_default_target",
@@ -259,3 +260,27 @@ def _sample_names(places: dict[int, list[tuple[str, str, nn.Module, nn.Parameter
 def get_place(model: nn.Module, module_name: str) -> nn.Module:
     """The submodule at ``module_name`` (``""`` is the model itself)."""
     return model.get_submodule(module_name) if module_name else model
+
+
+def check_masks(masks: object, targets: Sequence[Target], fn: str, *, what: str = "masks") -> dict[str, Tensor]:
+    """Check that ``masks`` holds one bool tensor of the right shape per target and nothing else.
+
+    Returns the masks in target order. Raises ``TypeError`` (not a dict, not bool tensors) or
+    ``ValueError`` (missing or unknown FQNs, wrong shapes), naming ``fn`` and the FQN.
+    """
+    if not isinstance(masks, Mapping):
+        raise TypeError(f"{fn}: {what}={type(masks).__name__} is not a dict; pass {{fqn: bool tensor}}")
+    expected = [t.fqn for t in targets]
+    missing = [f for f in expected if f not in masks]
+    unknown = [f for f in masks if f not in expected]
+    if missing or unknown:
+        raise ValueError(
+            f"{fn}: {what} missing {missing!r} and unknown {unknown!r}; pass one bool mask per target in {expected!r}"
+        )
+    for t in targets:
+        m = masks[t.fqn]
+        if not isinstance(m, Tensor) or m.dtype != torch.bool:
+            raise TypeError(f"{fn}: {what}[{t.fqn!r}] is {getattr(m, 'dtype', type(m).__name__)}; pass bool tensors")
+        if tuple(m.shape) != t.shape:
+            raise ValueError(f"{fn}: {what}[{t.fqn!r}] has shape {tuple(m.shape)}, the tensor has {t.shape}")
+    return {t.fqn: masks[t.fqn] for t in targets}
