@@ -148,6 +148,8 @@ class LotteryTicket:
         self._targets: list[Target] = find_targets(self._model, targets, () if exclude is None else exclude)
         self._settings = settings.resolve([t.fqn for t in self._targets])
         self._backend: MaskBackend = make_backend(settings.backend, self._model)
+        for t in self._targets:  # read-only: a backend refuses targets it cannot mask (prune hooks under "baked")
+            self._backend.is_masked(t)
         k = settings.rewind if isinstance(settings.rewind, int) else 0
         self._point = RewindPoint(make_store(settings.snapshot_device, snapshot_dir), step=k, optimizer=optimizer, scheduler=scheduler)
         if optimizer is not None and not self._owns(optimizer):
