@@ -10,6 +10,7 @@ from .controls import fresh_init, random_masks_like
 from .lottery import LotteryTicket, per_round_rate
 from .scoring import CRITERIA
 from .selection import prune_lowest
+from .supermask import SupermaskTicket, load_supermask
 from .targets import Target, find_targets
 from .ticket_file import read_ticket_info, save_ticket
 from .ticket_io import export_plain, load_ticket
@@ -35,4 +36,6 @@ __all__ = [
     "random_masks_like",
     "read_ticket_info",
     "save_ticket",
+    "SupermaskTicket",
+    "load_supermask",
 ]
