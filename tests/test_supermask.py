@@ -10,7 +10,7 @@ from torch import nn
 from torch.nn.utils import parametrize, prune
 
 from conftest import lenet, train_steps
-from torch_lottery import BACKENDS, SupermaskTicket, load_supermask, random_masks_like
+from torch_lottery import BACKENDS, SupermaskTicket, load_supermask, random_masks_like, save_supermask
 from torch_lottery.selection import prune_lowest
 from torch_lottery.supermask import supermask_weights
 from torch_lottery.ticket_file import read_ticket_info
@@ -245,7 +245,7 @@ def test_stored_file_round_trip_gives_the_same_masks_weights_and_outputs(tmp_pat
     with ticket:
         train_scores(ticket, model)
     path = tmp_path / "strong.safetensors"
-    ticket.save(path, encoding=encoding)
+    save_supermask(ticket, path, encoding=encoding)
     fresh = lenet(seed=9)
     loaded = load_supermask(path, fresh)
     x = torch.randn(4, 64)
@@ -262,8 +262,8 @@ def test_seed_file_regenerates_the_weights_bitwise(tmp_path, weight_init):
     with ticket:
         train_scores(ticket, model)
     seed_path, stored_path = tmp_path / "seed.safetensors", tmp_path / "stored.safetensors"
-    ticket.save(seed_path, weights="seed")
-    ticket.save(stored_path, weights="stored")
+    save_supermask(ticket, seed_path, weights="seed")
+    save_supermask(ticket, stored_path, weights="stored")
     seed_bytes, stored_bytes = read_ticket_info(seed_path)["tensor_bytes"], read_ticket_info(stored_path)["tensor_bytes"]
     assert seed_bytes["trained"] == seed_bytes["rewind"] == 0 < seed_bytes["mask"] == stored_bytes["mask"]
     assert stored_bytes["trained"] > 4 * seed_bytes["mask"]
@@ -281,7 +281,7 @@ def test_seed_file_refuses_a_model_whose_biases_differ_and_leaves_it_untouched(t
     with ticket:
         train_scores(ticket, model)
     path = tmp_path / "seed.safetensors"
-    ticket.save(path, weights="seed")
+    save_supermask(ticket, path, weights="seed")
     other = lenet(seed=1)
     before = snapshot(other)
     with pytest.raises(ValueError, match="non-target parameters"):
@@ -297,7 +297,12 @@ def test_seed_file_needs_a_weight_init():
     with ticket:
         pass
     with pytest.raises(ValueError, match="weights='seed' needs weight_init"):
-        ticket.save("never.safetensors", weights="seed")
+        save_supermask(ticket, "never.safetensors", weights="seed")
+    with pytest.raises(ValueError, match="weights='all' is not one of"):
+        save_supermask(ticket, "never.safetensors", weights="all")
+    unfinished = SupermaskTicket(lenet(), sparsity=0.5)
+    with pytest.raises(RuntimeError, match="no mask installed yet"):
+        save_supermask(unfinished, "never.safetensors")
 
 
 def test_source_mask_keeps_the_supermask_inside_it_with_counts_of_the_full_tensor():

@@ -10,7 +10,8 @@ from .controls import fresh_init, random_masks_like
 from .lottery import LotteryTicket, per_round_rate
 from .scoring import CRITERIA
 from .selection import prune_lowest
-from .supermask import SupermaskTicket, load_supermask
+from .supermask import SupermaskTicket
+from .supermask_files import load_supermask, save_supermask
 from .targets import Target, find_targets
 from .ticket_file import read_ticket_info, save_ticket
 from .ticket_io import export_plain, load_ticket
@@ -38,4 +39,5 @@ __all__ = [
     "save_ticket",
     "SupermaskTicket",
     "load_supermask",
+    "save_supermask",
 ]

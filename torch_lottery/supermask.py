@@ -14,11 +14,9 @@ backend as a :class:`~torch_lottery.LotteryTicket`'s mask, and the scores are dr
 from __future__ import annotations
 
 import functools
-import json
 import logging
 import math
 import numbers
-import os
 from typing import Any, Iterator, Mapping, Optional, Sequence, Union
 
 import torch
@@ -27,18 +25,16 @@ from torch.nn.utils import parametrize
 
 from .backends import BACKENDS
 from .lottery import LotteryTicket
-from .targets import Target, TargetSelector, find_targets, get_place, named_state_tensors, unwrap_model
+from .targets import Target, TargetSelector, find_targets, get_place, unwrap_model
 from .topk import keep_counts, rank_values, top_k_flat, top_k_masks
 
-__all__ = ["SCOPES", "WEIGHT_INITS", "SupermaskTicket", "load_supermask", "supermask_weights"]
+__all__ = ["SCOPES", "WEIGHT_INITS", "SupermaskTicket", "supermask_weights"]
 
 logger = logging.getLogger(__name__)
 
 SCOPES = ("layer", "global")
 WEIGHT_INITS = (None, "kaiming_normal", "signed_constant")
 _FREEZE = ("all", "targets")
-_SAVE_WEIGHTS = ("stored", "seed")
-METADATA_KEY = "supermask"
 
 
 # ---------------------------------------------------------------------------------------------- pure helpers
@@ -211,6 +207,51 @@ def _check_sparsity(value: object) -> float:
     return value
 
 
+def _source_blocked(
+    targets: Sequence[Target],
+    source_mask: Optional[Mapping[str, Tensor]],
+    keep: Union[int, Mapping[str, int]],
+    numels: Mapping[str, int],
+    params: Mapping[str, Tensor],
+    sparsity: float,
+) -> dict[str, Tensor]:
+    """Validate ``source_mask`` against the targets and the kept counts; return FQN -> entries never kept."""
+    fn = "SupermaskTicket()"
+    if source_mask is None:
+        return {}
+    if not isinstance(source_mask, Mapping):
+        raise TypeError(f"{fn}: source_mask={type(source_mask).__name__!r} must be a dict {{fqn: bool tensor}}")
+    unknown = [k for k in source_mask if k not in numels]
+    if unknown:
+        raise ValueError(f"{fn}: source_mask has {unknown[:5]!r}, which are not targets; targets are {list(numels)}")
+    allowed: dict[str, int] = {}
+    blocked: dict[str, Tensor] = {}
+    for t in targets:
+        m = source_mask.get(t.fqn)
+        if m is None:
+            allowed[t.fqn] = t.numel
+            continue
+        if not isinstance(m, Tensor) or m.dtype != torch.bool:
+            raise TypeError(
+                f"{fn}: source_mask[{t.fqn!r}] is {getattr(m, 'dtype', type(m).__name__)}; pass bool tensors"
+            )
+        if tuple(m.shape) != t.shape:
+            raise ValueError(f"{fn}: source_mask[{t.fqn!r}] has shape {tuple(m.shape)}, the tensor has {t.shape}")
+        allowed[t.fqn] = int(torch.count_nonzero(m))
+        blocked[t.fqn] = (~m).to(params[t.fqn].device)
+    groups = [(list(numels), keep)] if isinstance(keep, int) else [([f], k) for f, k in keep.items()]
+    for fqns, k in groups:
+        room = sum(allowed[f] for f in fqns)
+        if k > room:
+            total = sum(numels[f] for f in fqns)
+            where = repr(fqns[0]) if len(fqns) == 1 else "all targets"
+            raise ValueError(
+                f"{fn}: sparsity={sparsity!r} keeps {k} of {total} weights of {where}, but "
+                f"source_mask allows only {room}; pass sparsity >= {1 - room / total:.4f} or a denser source_mask"
+            )
+    return blocked
+
+
 class SupermaskTicket:
     """Find a strong lottery ticket (edge-popup): train a mask over frozen random weights in your own loop.
 
@@ -303,7 +344,7 @@ class SupermaskTicket:
         self._targets: list[Target] = found
         numels = {t.fqn: t.numel for t in found}
         keep = keep_counts(numels, sparsity, scope=scope)
-        blocked = self._check_source_mask(source_mask, keep, numels, params, sparsity)
+        blocked = _source_blocked(found, source_mask, keep, numels, params, sparsity)
 
         self._sparsity = sparsity
         self._scope = scope
@@ -329,49 +370,6 @@ class SupermaskTicket:
                     "mask as source_mask="
                 )
         return get_place(self.model, target.module_name)._parameters[target.name]  # type: ignore[return-value]
-
-    def _check_source_mask(
-        self,
-        source_mask: Optional[Mapping[str, Tensor]],
-        keep: Union[int, Mapping[str, int]],
-        numels: Mapping[str, int],
-        params: Mapping[str, Tensor],
-        sparsity: float,
-    ) -> dict[str, Tensor]:
-        fn = "SupermaskTicket()"
-        if source_mask is None:
-            return {}
-        if not isinstance(source_mask, Mapping):
-            raise TypeError(f"{fn}: source_mask={type(source_mask).__name__!r} must be a dict {{fqn: bool tensor}}")
-        unknown = [k for k in source_mask if k not in numels]
-        if unknown:
-            raise ValueError(f"{fn}: source_mask has {unknown[:5]!r}, which are not targets; targets are {list(numels)}")
-        allowed: dict[str, int] = {}
-        blocked: dict[str, Tensor] = {}
-        for t in self._targets:
-            m = source_mask.get(t.fqn)
-            if m is None:
-                allowed[t.fqn] = t.numel
-                continue
-            if not isinstance(m, Tensor) or m.dtype != torch.bool:
-                raise TypeError(
-                    f"{fn}: source_mask[{t.fqn!r}] is {getattr(m, 'dtype', type(m).__name__)}; pass bool tensors"
-                )
-            if tuple(m.shape) != t.shape:
-                raise ValueError(f"{fn}: source_mask[{t.fqn!r}] has shape {tuple(m.shape)}, the tensor has {t.shape}")
-            allowed[t.fqn] = int(torch.count_nonzero(m))
-            blocked[t.fqn] = (~m).to(params[t.fqn].device)
-        groups = [(list(numels), keep)] if isinstance(keep, int) else [([f], k) for f, k in keep.items()]
-        for fqns, k in groups:
-            room = sum(allowed[f] for f in fqns)
-            if k > room:
-                total = sum(numels[f] for f in fqns)
-                where = repr(fqns[0]) if len(fqns) == 1 else "all targets"
-                raise ValueError(
-                    f"{fn}: sparsity={sparsity!r} keeps {k} of {total} weights of {where}, but "
-                    f"source_mask allows only {room}; pass sparsity >= {1 - room / total:.4f} or a denser source_mask"
-                )
-        return blocked
 
     # ------------------------------------------------------------------ read-only views
     @property
@@ -449,7 +447,7 @@ class SupermaskTicket:
         )
 
     def config(self) -> dict[str, Any]:
-        """The settings as JSON-able data (stored in ticket files under the ``"supermask"`` key)."""
+        """The settings as JSON-able data (what :func:`~torch_lottery.save_supermask` stores)."""
         return {
             "sparsity": self._sparsity,
             "scope": self._scope,
@@ -566,138 +564,3 @@ class SupermaskTicket:
             "supermask installed: sparsity %.4f over %d targets (%s)", lottery.sparsity, len(self._targets), self._scope
         )
         return False
-
-    # ------------------------------------------------------------------ ticket files
-    def save(self, path: Union[str, "os.PathLike[str]"], *, weights: str = "stored", encoding: str = "compact") -> None:
-        """Save the supermask as a ticket file (after the block).
-
-        Args:
-            path: destination ``.safetensors`` file (written atomically).
-            weights: ``"stored"`` writes the model's weights (every parameter and buffer; under the
-                compact encoding only the kept entries of the targets); ``"seed"`` writes only the
-                masks plus the seed and ``weight_init``, and :func:`load_supermask` regenerates the
-                target weights (needs ``weight_init``; the other tensors, e.g. biases, come from the
-                model you load into, and are checked against a fingerprint).
-            encoding: ``"compact"`` or ``"dense"``, as for :func:`~torch_lottery.save_ticket`.
-
-        Raises:
-            RuntimeError: before the block has exited.
-            ValueError: ``weights="seed"`` without ``weight_init``, or an unknown ``weights``.
-        """
-        from .ticket_file import save_ticket
-
-        if weights not in _SAVE_WEIGHTS:
-            raise ValueError(f"SupermaskTicket.save(): weights={weights!r} is not one of {list(_SAVE_WEIGHTS)}")
-        if weights == "seed" and self._weight_init is None:
-            raise ValueError(
-                "SupermaskTicket.save(): weights='seed' needs weight_init='kaiming_normal' or 'signed_constant' "
-                "(weight_init=None keeps the model's own weights, which no seed regenerates); use weights='stored'"
-            )
-        lottery = self.lottery
-        meta = dict(self.config(), weights=weights)
-        if weights == "seed":
-            meta["fingerprint"] = _fingerprint(lottery.live_tensors(buffers=False), lottery.masks)
-        save_ticket(
-            lottery, path, encoding=encoding, include_trained=weights == "stored",
-            metadata={METADATA_KEY: json.dumps(meta, sort_keys=True)},
-        )
-
-
-def _fingerprint(params: Mapping[str, Tensor], masks: Mapping[str, Tensor]) -> dict[str, str]:
-    """SHA-256 of the non-target parameters (which a seed file does not store) and of the kept target weights.
-
-    ``params``: canonical FQN -> every parameter's value (targets unmasked or masked: only kept entries count).
-    """
-    import hashlib
-
-    out = {}
-    for role in ("others", "targets"):
-        digest = hashlib.sha256()
-        for fqn in sorted(params):
-            if (fqn in masks) != (role == "targets"):
-                continue
-            value = params[fqn].detach().cpu()
-            if fqn in masks:
-                value = value[masks[fqn].cpu()]
-            digest.update(json.dumps([fqn, str(value.dtype), list(value.shape)]).encode())
-            digest.update(memoryview(value.contiguous().reshape(-1).view(torch.uint8).numpy()))
-        out[role] = "sha256:" + digest.hexdigest()
-    return out
-
-
-def load_supermask(
-    path: Union[str, "os.PathLike[str]"], model: nn.Module, *, check_others: bool = True
-) -> LotteryTicket:
-    """Load a supermask ticket file into a fresh model: masks installed, weights stored or regenerated.
-
-    Args:
-        path: a file written by :meth:`SupermaskTicket.save`.
-        model: a fresh (unpruned) instance of the architecture the supermask was found on.
-        check_others: for a ``weights="seed"`` file, raise unless the model's other parameters
-            (biases, norms: not stored in such a file) are bitwise the ones the supermask was found
-            with. Pass ``False`` to accept different ones knowingly.
-
-    Returns:
-        A :class:`~torch_lottery.LotteryTicket` with the mask installed and the weights in place.
-
-    Raises:
-        ValueError: not a supermask file, a corrupt file, another architecture, regenerated weights
-            that do not match the saved fingerprint, or (``check_others``) other parameters that
-            differ. Everything is checked before the model is touched.
-
-    Example:
-        >>> ticket.save("strong.safetensors", weights="seed")  # doctest: +SKIP
-        >>> lottery = load_supermask("strong.safetensors", build_model())  # doctest: +SKIP
-    """
-    from .ticket_file import load_ticket, read_ticket_info, read_ticket_tensors
-
-    fn = "load_supermask()"
-    where = f"{fn}: path={os.fspath(path)!r}"
-    info = read_ticket_info(path)
-    if METADATA_KEY not in info:
-        raise ValueError(f"{where} is a ticket file but not a supermask; load it with load_ticket()")
-    try:
-        meta = json.loads(info[METADATA_KEY])
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"{where} has unreadable supermask metadata ({exc})") from exc
-    if not isinstance(meta, dict):
-        raise ValueError(f"{where} has supermask metadata {meta!r:.100} that is not a JSON object; the file is corrupt")
-    if meta.get("weights") == "stored":
-        return load_ticket(path, model, weights="trained")
-    if meta.get("weights") != "seed" or meta.get("weight_init") not in ("kaiming_normal", "signed_constant"):
-        raise ValueError(f"{where} has supermask metadata {meta!r:.200} that this version cannot read")
-    if not isinstance(model, nn.Module):
-        raise TypeError(f"{fn}: model={type(model).__name__!r} is not an nn.Module; pass a fresh model instance")
-    model = unwrap_model(model)
-    content = read_ticket_tensors(path)
-    found = find_targets(model, lambda fqn, _m, _p: fqn in set(meta["targets"]))
-    if [t.fqn for t in found] != list(meta["targets"]):
-        raise ValueError(
-            f"{where} masks {meta['targets'][:5]!r} but the model has {[t.fqn for t in found][:5]!r}; "
-            "build the architecture the supermask was found on"
-        )
-    params = {fqn: p.detach() for fqn, p in named_state_tensors(model, buffers=False).items()}
-    for t in found:
-        if tuple(params[t.fqn].shape) != t.shape or tuple(content.masks[t.fqn].shape) != t.shape:
-            raise ValueError(f"{where} stores a mask for {t.fqn!r} that does not fit the model's {t.shape}")
-    new = supermask_weights(found, params, weight_init=meta["weight_init"], seed=int(meta["seed"]))
-    got = _fingerprint({**params, **new}, content.masks)
-    want = meta.get("fingerprint") or {}
-    if got["targets"] != want.get("targets"):
-        raise ValueError(
-            f"{where}: the weights regenerated from seed={meta['seed']} differ from the saved ones (a torch "
-            "version that draws random numbers differently?); save the ticket with weights='stored'"
-        )
-    if check_others and got["others"] != want.get("others"):
-        raise ValueError(
-            f"{where}: the model's non-target parameters (biases, norms) differ from the ones the supermask was "
-            "found with, and a seed file does not store them; build the model under the same seed, save with "
-            "weights='stored', or pass check_others=False"
-        )
-    ticket = load_ticket(path, model)  # validates and installs the masks (rolled back on failure)
-    by_fqn = {t.fqn: t for t in ticket.targets}
-    for fqn, value in new.items():
-        ticket.backend.load_(by_fqn[fqn], value)
-    ticket.backend.commit_()
-    logger.info("loaded supermask from %s: weights regenerated from seed %s (%s)", path, meta["seed"], meta["weight_init"])
-    return ticket
