@@ -385,3 +385,15 @@ def test_resnet18_supermask_with_frozen_batchnorm():
         if n not in ticket.target_fqns:
             assert torch.equal(p, params_before[n]), n  # BatchNorm affine and fc bias frozen
     assert model(x).shape == (2, 10)
+
+
+def test_freeze_targets_leaves_biases_trainable_and_weights_frozen():
+    model = lenet()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    ticket = SupermaskTicket(model, sparsity=0.5, freeze="targets")
+    opt = torch.optim.SGD(list(ticket.parameters()) + list(model.parameters()), lr=0.1)
+    with ticket:
+        assert model[1].bias.requires_grad and not model[1].parametrizations.weight.original.requires_grad
+        train_steps(model, opt, 2)
+    assert not torch.equal(model[1].bias, before["1.bias"])
+    assert torch.equal(model[1].weight_orig, before["1.weight"])
