@@ -2,18 +2,21 @@
 
 from __future__ import annotations
 
+import json
 import math
 
 import pytest
+import safetensors
+import safetensors.torch
 import torch
 from torch import nn
 from torch.nn.utils import parametrize, prune
 
 from conftest import lenet, train_steps
-from torch_lottery import BACKENDS, SupermaskTicket, load_supermask, random_masks_like, save_supermask
+from torch_lottery import BACKENDS, SupermaskTicket, load_supermask, load_ticket, random_masks_like, save_supermask
 from torch_lottery.selection import prune_lowest
 from torch_lottery.supermask import supermask_weights
-from torch_lottery.ticket_file import read_ticket_info
+from torch_lottery.ticket_file import _checksum, read_ticket_info
 
 
 def snapshot(model):
@@ -265,9 +268,10 @@ def test_seed_file_regenerates_the_weights_bitwise(tmp_path, weight_init):
     save_supermask(ticket, seed_path, weights="seed")
     save_supermask(ticket, stored_path, weights="stored")
     seed_bytes, stored_bytes = read_ticket_info(seed_path)["tensor_bytes"], read_ticket_info(stored_path)["tensor_bytes"]
-    assert seed_bytes["trained"] == seed_bytes["rewind"] == 0 < seed_bytes["mask"] == stored_bytes["mask"]
+    assert seed_bytes["rewind"] == 0 < seed_bytes["mask"] == stored_bytes["mask"]
+    assert seed_bytes["trained"] == 4 * (30 + 20 + 10)  # the float32 biases only
     assert stored_bytes["trained"] > 4 * seed_bytes["mask"]
-    fresh = lenet(seed=0)  # same seed: the same biases, which a seed file does not store
+    fresh = lenet(seed=5)  # another seed: the biases come from the file, the weights from the seed
     loaded = load_supermask(seed_path, fresh)
     for t in loaded.targets:
         assert torch.equal(loaded.backend.parameter(t), ticket.lottery.backend.parameter(t))
@@ -275,20 +279,41 @@ def test_seed_file_regenerates_the_weights_bitwise(tmp_path, weight_init):
     assert torch.equal(fresh(x), model(x))
 
 
-def test_seed_file_refuses_a_model_whose_biases_differ_and_leaves_it_untouched(tmp_path):
+def test_seed_file_stores_the_biases_and_load_ticket_warns_that_it_lacks_the_weights(tmp_path):
     model = lenet(seed=0)
     ticket = SupermaskTicket(model, sparsity=0.5, weight_init="signed_constant")
     with ticket:
         train_scores(ticket, model)
     path = tmp_path / "seed.safetensors"
     save_supermask(ticket, path, weights="seed")
-    other = lenet(seed=1)
-    before = snapshot(other)
-    with pytest.raises(ValueError, match="non-target parameters"):
-        load_supermask(path, other)
-    assert_same(other, before)
-    loaded = load_supermask(path, other, check_others=False)
-    assert int(loaded.masks["1.weight"].sum()) == round(0.5 * 64 * 30)
+    other = lenet(seed=1)  # other biases: the file's replace them
+    load_supermask(path, other)
+    x = torch.randn(4, 64)
+    assert torch.equal(other(x), model(x))
+    with pytest.warns(UserWarning, match="saved with weights='seed'.*load_supermask"):
+        load_ticket(path, lenet(seed=2), weights="trained")
+
+
+def test_seed_file_with_tampered_seed_is_refused_before_touching_the_model(tmp_path):
+    model = lenet(seed=0)
+    ticket = SupermaskTicket(model, sparsity=0.5, weight_init="kaiming_normal", seed=3)
+    with ticket:
+        pass
+    path = tmp_path / "seed.safetensors"
+    save_supermask(ticket, path, weights="seed")
+    fresh = lenet(seed=0)
+    before = snapshot(fresh)
+    tensors = safetensors.torch.load_file(path)
+    with safetensors.safe_open(path, "pt") as f:
+        meta = f.metadata()
+    sm = json.loads(meta["supermask"])
+    sm["seed"] = 4  # as if another torch drew other numbers from the same seed
+    meta["supermask"] = json.dumps(sm, sort_keys=True)
+    meta["checksum"] = _checksum(tensors, meta)
+    safetensors.torch.save_file(tensors, path, metadata=meta)
+    with pytest.raises(ValueError, match="regenerated from seed=4 differ from the saved ones"):
+        load_supermask(path, fresh)
+    assert_same(fresh, before)
 
 
 def test_seed_file_needs_a_weight_init():

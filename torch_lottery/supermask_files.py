@@ -2,8 +2,9 @@
 
 :func:`save_supermask` writes an ordinary ticket file (see :mod:`torch_lottery.ticket_file`) with one
 extra metadata entry, ``"supermask"`` (JSON: the :class:`~torch_lottery.SupermaskTicket`'s settings,
-which weights the file holds and, for seed files, SHA-256 fingerprints). :func:`load_supermask`
-reads it back into a fresh model. ``load_ticket`` also reads the files ``weights="stored"`` writes.
+which weights the file holds and, for seed files, a SHA-256 fingerprint of the kept weights).
+:func:`load_supermask` reads it back into a fresh model. ``load_ticket(weights="trained")`` also
+reads the files ``weights="stored"`` writes.
 """
 
 from __future__ import annotations
@@ -12,6 +13,8 @@ import hashlib
 import json
 import logging
 import os
+import re
+import warnings
 from typing import Mapping, Union
 
 import torch
@@ -20,7 +23,8 @@ from torch import Tensor, nn
 from .lottery import LotteryTicket
 from .supermask import SupermaskTicket, supermask_weights
 from .targets import find_targets, named_state_tensors, unwrap_model
-from .ticket_file import load_ticket, read_ticket_info, read_ticket_tensors, save_ticket
+from .ticket_file import read_ticket_info, read_ticket_tensors, save_ticket, write_ticket
+from .ticket_io import SEED_FILE_WARNING, load_ticket
 
 __all__ = ["METADATA_KEY", "load_supermask", "save_supermask"]
 
@@ -40,10 +44,10 @@ def save_supermask(
         ticket: a :class:`~torch_lottery.SupermaskTicket` whose block has exited.
         path: destination ``.safetensors`` file (written atomically).
         weights: ``"stored"`` writes the model's weights (every parameter and buffer; under the
-            compact encoding only the kept entries of the targets). ``"seed"`` writes only the masks,
-            the seed and ``weight_init`` (which it needs), plus fingerprints: :func:`load_supermask`
-            regenerates the target weights, and the other parameters (biases, norms) must be the
-            fresh model's own.
+            compact encoding only the kept entries of the targets). ``"seed"`` writes the masks, the
+            seed and ``weight_init`` (which it needs) and the tensors that are not masked (biases,
+            norms, buffers: small), but not the masked weights: :func:`load_supermask` regenerates
+            them from the seed and checks them against a fingerprint of the kept ones.
         encoding: ``"compact"`` or ``"dense"``, as for :func:`~torch_lottery.save_ticket`.
 
     Raises:
@@ -66,53 +70,44 @@ def save_supermask(
         )
     lottery = ticket.lottery  # RuntimeError before the block has exited
     meta = dict(ticket.config(), weights=weights)
-    if weights == "seed":
-        meta["fingerprint"] = _fingerprint(lottery.live_tensors(buffers=False), lottery.masks)
-    save_ticket(
-        lottery, path, encoding=encoding, include_trained=weights == "stored",
-        metadata={METADATA_KEY: json.dumps(meta, sort_keys=True)},
-    )
+    if weights == "stored":
+        extra = {METADATA_KEY: json.dumps(meta, sort_keys=True)}
+        save_ticket(lottery, path, encoding=encoding, include_trained=True, metadata=extra)
+        return
+    masks = lottery.masks
+    meta["fingerprint"] = _fingerprint(lottery.live_tensors(buffers=False), masks)
+    extra = {METADATA_KEY: json.dumps(meta, sort_keys=True)}
+    others = {k: v.detach().cpu() for k, v in lottery.live_tensors().items() if k not in masks}
+    state = dict(lottery.state_dict())
+    state["masks"] = {fqn: masks[fqn] for fqn in lottery.target_fqns}
+    write_ticket(path, state, model=lottery.model, trained=others or None, encoding=encoding, metadata=extra,
+                 fn="save_supermask")
 
 
-def _fingerprint(params: Mapping[str, Tensor], masks: Mapping[str, Tensor]) -> dict[str, str]:
-    """SHA-256 of the non-target parameters (which a seed file does not store) and of the kept target weights.
-
-    ``params``: canonical FQN -> every parameter's value (targets unmasked or masked: only kept entries count).
-    """
-    out = {}
-    for role in ("others", "targets"):
-        digest = hashlib.sha256()
-        for fqn in sorted(params):
-            if (fqn in masks) != (role == "targets"):
-                continue
-            value = params[fqn].detach().cpu()
-            if fqn in masks:
-                value = value[masks[fqn].cpu()]
-            digest.update(json.dumps([fqn, str(value.dtype), list(value.shape)]).encode())
-            digest.update(memoryview(value.contiguous().reshape(-1).view(torch.uint8).numpy()))
-        out[role] = "sha256:" + digest.hexdigest()
-    return out
+def _fingerprint(params: Mapping[str, Tensor], masks: Mapping[str, Tensor]) -> str:
+    """SHA-256 over the kept entries of every masked tensor (names, dtypes, shapes, bytes), in FQN order."""
+    digest = hashlib.sha256()
+    for fqn in sorted(masks):
+        value = params[fqn].detach().cpu()[masks[fqn].cpu()]
+        digest.update(json.dumps([fqn, str(value.dtype), list(value.shape)]).encode())
+        digest.update(memoryview(value.contiguous().reshape(-1).view(torch.uint8).numpy()))
+    return "sha256:" + digest.hexdigest()
 
 
-def load_supermask(
-    path: PathLike, model: nn.Module, *, check_others: bool = True
-) -> LotteryTicket:
+def load_supermask(path: PathLike, model: nn.Module) -> LotteryTicket:
     """Load a supermask ticket file into a fresh model: masks installed, weights stored or regenerated.
 
     Args:
         path: a file written by :func:`save_supermask`.
         model: a fresh (unpruned) instance of the architecture the supermask was found on.
-        check_others: for a ``weights="seed"`` file, raise unless the model's other parameters
-            (biases, norms: not stored in such a file) are bitwise the ones the supermask was found
-            with. Pass ``False`` to accept different ones knowingly.
 
     Returns:
         A :class:`~torch_lottery.LotteryTicket` with the mask installed and the weights in place.
 
     Raises:
-        ValueError: not a supermask file, a corrupt file, another architecture, regenerated weights
-            that do not match the saved fingerprint, or (``check_others``) other parameters that
-            differ. Everything is checked before the model is touched.
+        ValueError: not a supermask file, a corrupt file, another architecture, or regenerated
+            weights that do not match the saved fingerprint. Everything is checked before the model
+            is touched.
 
     Example:
         >>> lottery = load_supermask("strong.safetensors", build_model())  # doctest: +SKIP
@@ -147,20 +142,15 @@ def load_supermask(
         if tuple(params[t.fqn].shape) != t.shape or tuple(content.masks[t.fqn].shape) != t.shape:
             raise ValueError(f"{where} stores a mask for {t.fqn!r} that does not fit the model's {t.shape}")
     new = supermask_weights(found, params, weight_init=meta["weight_init"], seed=int(meta["seed"]))
-    got = _fingerprint({**params, **new}, content.masks)
-    want = meta.get("fingerprint") or {}
-    if got["targets"] != want.get("targets"):
+    if _fingerprint({**params, **new}, content.masks) != meta.get("fingerprint"):
         raise ValueError(
             f"{where}: the weights regenerated from seed={meta['seed']} differ from the saved ones (a torch "
             "version that draws random numbers differently?); save the ticket with weights='stored'"
         )
-    if check_others and got["others"] != want.get("others"):
-        raise ValueError(
-            f"{where}: the model's non-target parameters (biases, norms) differ from the ones the supermask was "
-            "found with, and a seed file does not store them; build the model under the same seed, save with "
-            "weights='stored', or pass check_others=False"
-        )
-    ticket = load_ticket(path, model)  # validates and installs the masks (rolled back on failure)
+    # validates, installs the masks and the stored biases/norms/buffers (rolled back on failure)
+    with warnings.catch_warnings():  # load_ticket warns that the file has no masked weights: they follow
+        warnings.filterwarnings("ignore", message=".*" + re.escape(SEED_FILE_WARNING))
+        ticket = load_ticket(path, model, weights="trained" if content.trained else "rewind")
     by_fqn = {t.fqn: t for t in ticket.targets}
     for fqn, value in new.items():
         ticket.backend.load_(by_fqn[fqn], value)

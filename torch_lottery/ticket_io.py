@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import warnings
 from typing import Any, Iterator, Mapping, Union
 
 import torch
@@ -22,7 +23,10 @@ from .lottery import LotteryTicket
 from .targets import canonical_name, unwrap_model
 from .ticket_file import _describe, _read_file, check_tensors_fit
 
-__all__ = ["export_plain", "load_ticket"]
+__all__ = ["SEED_FILE_WARNING", "export_plain", "load_ticket"]
+
+SEED_FILE_WARNING = "is a supermask saved with weights='seed'"
+"""Start of load_ticket's warning for a supermask file that stores a seed instead of the masked weights."""
 
 logger = logging.getLogger(__name__)
 
@@ -125,6 +129,12 @@ def load_ticket(
         )
     check_tensors_fit(content, model, fn, path)
     meta = content.metadata
+    if '"weights": "seed"' in meta.get("supermask", ""):
+        warnings.warn(
+            f"{fn}(): path={os.fspath(path)!r} {SEED_FILE_WARNING}: it holds no masked weights, so the model keeps "
+            "its own under the masks; load it with torch_lottery.load_supermask(), which regenerates them",
+            stacklevel=2,
+        )
     config = dict(meta["config"])
     overrides: dict[str, Any] = {"optimizer": optimizer, "scheduler": scheduler}
     if criterion is not None:
