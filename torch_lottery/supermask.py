@@ -23,7 +23,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
-from .backends import BACKENDS
+from .backends import check_backend
 from .lottery import LotteryTicket
 from .targets import Target, TargetSelector, find_targets, get_place, unwrap_model
 from .topk import keep_counts, rank_values, top_k_flat, top_k_masks
@@ -329,8 +329,7 @@ class SupermaskTicket:
             raise TypeError(f"{fn}: seed={seed!r} must be an int")
         if freeze not in _FREEZE:
             raise ValueError(f"{fn}: freeze={freeze!r} is not one of {list(_FREEZE)}")
-        if backend not in BACKENDS:
-            raise ValueError(f"{fn}: backend={backend!r} is not a mask backend; choose one of {sorted(BACKENDS)}")
+        check_backend(backend, fn="SupermaskTicket")
         self.model = unwrap_model(model)
         found = find_targets(self.model, targets, exclude)
         params = {t.fqn: self._plain_parameter(t) for t in found}
