@@ -21,6 +21,7 @@ from .imp import planned_runs, run_seed
 from .plots import plot_runs
 from .report import format_report, write_outputs
 from .runner import Progress, SeedRunner, run_seeds
+from . import strong
 
 __all__ = ["EXPERIMENTS", "Experiment", "run_experiment"]
 
@@ -83,6 +84,20 @@ EXPERIMENTS: dict[str, Experiment] = {
         write_outputs=write_outputs,
         format_report=format_report,
         plot=plot_runs,
+    ),
+    "strong": Experiment(
+        name="strong",
+        help="strong tickets: edge-popup supermasks over untrained random weights (kaiming normal, signed "
+             "constant) at sparsity 0.3/0.5/0.7 against the trained dense network (Ramanujan et al. 2020)",
+        config_type=strong.StrongConfig,
+        make_config=strong.make_config,
+        options=("profile", "dataset", "model", "iterations", "seeds", "eval_every", "train_limit"),
+        describe=strong.describe,
+        planned_runs=strong.planned_runs,
+        run_seed=strong.run_seed,
+        write_outputs=strong.write_outputs,
+        format_report=strong.format_report,
+        plot=strong.plot_runs,
     ),
 }
 """Experiment name -> :class:`Experiment`; ``"imp"`` is the default of :func:`run_experiment` and the CLI."""

@@ -22,7 +22,7 @@ import logging
 import math
 import time
 from pathlib import Path
-from typing import Any, Callable, Mapping, Protocol, Sequence, Union
+from typing import Any, Callable, Iterable, Mapping, Protocol, Sequence, Union
 
 import torch
 import torch.nn.functional as F
@@ -93,6 +93,8 @@ def train_run(
     eval_every: int,
     seed: int,
     progress: Progress | None = None,
+    parameters: Iterable[Tensor] | None = None,
+    optimizer: Callable[[list[Tensor]], torch.optim.Optimizer] | None = None,
 ) -> dict[str, Any]:
     """Train ``model`` with Adam for ``iterations`` minibatches, tracking the early-stop point.
 
@@ -101,6 +103,11 @@ def train_run(
     the model state at the minimum validation loss is kept, so the test accuracy at the early-stop
     iteration is measured on exactly that state. The model is left in its end-of-training state.
 
+    ``parameters`` (default ``model.parameters()``) are the tensors trained; tensors given here
+    that are not in ``model.state_dict()`` (a supermask's scores) are kept at the early-stop point
+    and restored with the model's state. ``optimizer`` builds the optimizer from them (default
+    ``Adam(lr=lr)``).
+
     Returns:
         dict with ``early_stop_iteration``, ``early_stop_val_loss``, ``val_acc_early_stop``,
         ``test_acc_early_stop``, ``test_acc_end``, ``val_loss_end``, ``curve`` (list of
@@ -108,11 +115,15 @@ def train_run(
     """
     start_time = time.perf_counter()
     generator = torch.Generator().manual_seed(seed)
-    optimizer = torch.optim.Adam(model.parameters(), lr=lr)
+    params = list(parameters) if parameters is not None else list(model.parameters())
+    own = {id(t) for t in model.state_dict(keep_vars=True).values()}
+    extra = [p for p in params if id(p) not in own]  # trained tensors the model's state does not hold
+    opt = optimizer(params) if optimizer is not None else torch.optim.Adam(params, lr=lr)
     n = len(data.train)
     perm, pos = torch.randperm(n, generator=generator), 0
     best_loss, best_iter, best_acc = math.inf, 0, 0.0
     best_state: dict[str, Tensor] | None = None
+    best_extra: list[Tensor] = []
     curve: list[list[float]] = []
     model.train()
     since_report = 0
@@ -122,9 +133,9 @@ def train_run(
         idx = perm[pos : pos + batch_size]
         pos += batch_size
         loss = F.cross_entropy(model(data.train.x[idx]), data.train.y[idx])
-        optimizer.zero_grad(set_to_none=True)
+        opt.zero_grad(set_to_none=True)
         loss.backward()
-        optimizer.step()
+        opt.step()
         since_report += 1
         if it % eval_every == 0 or it == iterations:
             val_loss, val_acc = evaluate(model, data.val)
@@ -132,15 +143,17 @@ def train_run(
             if val_loss < best_loss:
                 best_loss, best_iter, best_acc = val_loss, it, val_acc
                 best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+                best_extra = [p.detach().clone() for p in extra]
             if progress is not None:
                 progress(since_report)
             since_report = 0
     _, test_acc_end = evaluate(model, data.test)
     end_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    end_extra = [p.detach().clone() for p in extra]
     assert best_state is not None  # the last iteration is always evaluated
-    model.load_state_dict(best_state)
+    _load(model, extra, best_state, best_extra)
     _, test_acc_es = evaluate(model, data.test)
-    model.load_state_dict(end_state)
+    _load(model, extra, end_state, end_extra)
     return {
         "early_stop_iteration": best_iter,
         "early_stop_val_loss": best_loss,
@@ -151,6 +164,13 @@ def train_run(
         "curve": curve,
         "seconds": time.perf_counter() - start_time,
     }
+
+
+def _load(model: nn.Module, extra: Sequence[Tensor], state: Mapping[str, Tensor], values: Sequence[Tensor]) -> None:
+    model.load_state_dict(state)
+    with torch.no_grad():
+        for p, v in zip(extra, values):
+            p.copy_(v)
 
 
 # ----------------------------------------------------------------------------- run records and files
