@@ -21,7 +21,16 @@ from .imp import planned_runs, run_seed
 from .plots import plot_runs
 from .report import format_report, write_outputs
 from .runner import Progress, SeedRunner, run_seeds
-from . import strong
+from .strong import (
+    StrongConfig,
+    describe as strong_describe,
+    format_report as strong_report,
+    make_config as strong_config,
+    planned_runs as strong_runs,
+    plot_runs as strong_plot,
+    run_seed as strong_seed,
+    write_outputs as strong_outputs,
+)
 
 __all__ = ["EXPERIMENTS", "Experiment", "run_experiment"]
 
@@ -89,15 +98,15 @@ EXPERIMENTS: dict[str, Experiment] = {
         name="strong",
         help="strong tickets: edge-popup supermasks over untrained random weights (kaiming normal, signed "
              "constant) at sparsity 0.3/0.5/0.7 against the trained dense network (Ramanujan et al. 2020)",
-        config_type=strong.StrongConfig,
-        make_config=strong.make_config,
+        config_type=StrongConfig,
+        make_config=strong_config,
         options=("profile", "dataset", "model", "iterations", "seeds", "eval_every", "train_limit"),
-        describe=strong.describe,
-        planned_runs=strong.planned_runs,
-        run_seed=strong.run_seed,
-        write_outputs=strong.write_outputs,
-        format_report=strong.format_report,
-        plot=strong.plot_runs,
+        describe=strong_describe,
+        planned_runs=strong_runs,
+        run_seed=strong_seed,
+        write_outputs=strong_outputs,
+        format_report=strong_report,
+        plot=strong_plot,
     ),
 }
 """Experiment name -> :class:`Experiment`; ``"imp"`` is the default of :func:`run_experiment` and the CLI."""
