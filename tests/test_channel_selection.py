@@ -169,3 +169,11 @@ def test_random_channels_keep_each_groups_count_and_are_seeded():
     assert all(torch.equal(r1[g], r2[g]) for g in keep)
     draws = {tuple(random_channels(keep, seed=s)["a"].tolist()) for s in range(10)}
     assert len(draws) > 1
+
+
+def test_doctests():
+    import doctest
+
+    from torch_lottery import channel_selection
+
+    assert doctest.testmod(channel_selection).failed == 0

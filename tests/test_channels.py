@@ -316,3 +316,11 @@ def test_vit_prunes_mlp_neurons_and_keeps_the_attention_width():
         ("encoder.layers.encoder_layer_0.mlp.0.bias", 0, "out"),
         ("encoder.layers.encoder_layer_0.mlp.3.weight", 1, "in"),
     }
+
+
+def test_doctests():
+    import doctest
+
+    from torch_lottery import channels
+
+    assert doctest.testmod(channels).failed == 0

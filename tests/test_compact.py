@@ -156,3 +156,11 @@ def test_compact_torchvision_model_equals_the_masked_model(name):
         root = small.get_submodule(g.name)
         assert (root.out_channels if hasattr(root, "out_channels") else root.out_features) == kept[g.name]
     assert call_model(small, x).shape == (2, 10)
+
+
+def test_doctests():
+    import doctest
+
+    from torch_lottery import compact
+
+    assert doctest.testmod(compact).failed == 0

@@ -367,9 +367,9 @@ def refill_channels(
     Example:
         >>> from torch_lottery.channels import ChannelGroup, ChannelSlice
         >>> g = ChannelGroup("fc1", 4, (ChannelSlice("fc1.weight", 0, (0, 1, 2, 3), (0, 1, 2, 3), "out"),))
-        >>> m = torch.tensor([[1, 0], [1, 1], [0, 0], [0, 1]]).bool()
-        >>> refill_channels([g], {"fc1.weight": m})["fc1"].tolist()
-        [False, True, False, True]
+        >>> m = torch.tensor([[1, 0], [1, 1], [0, 0], [0, 1]]).bool()  # 1, 2, 0, 1 survivors
+        >>> refill_channels([g], {"fc1.weight": m})["fc1"].tolist()  # density 1/2: 2 channels
+        [True, True, False, False]
     """
     where = "refill_channels()"
     names = {g.name for g in _prunable(groups)}

@@ -77,12 +77,6 @@ def _outputs(out: Any) -> list[Tensor]:
     return []
 
 
-def _model_device(model: nn.Module) -> Optional[torch.device]:
-    for t in model.parameters():
-        return t.device
-    return None
-
-
 def compact_model(
     model: nn.Module,
     groups: Sequence[ChannelGroup],
@@ -134,9 +128,24 @@ def compact_model(
         >>> small[0].weight.shape, small[2].weight.shape
         (torch.Size([3, 4]), torch.Size([2, 3]))
     """
+    pruning_history(groups, keep)  # validates keep before anything is copied
+    clone = plain_copy(model, tensors)
+    return _compact_owned(clone, groups, keep, example_inputs=example_inputs, verify=verify, rtol=rtol, atol=atol)
+
+
+def _compact_owned(
+    clone: nn.Module,
+    groups: Sequence[ChannelGroup],
+    keep: Mapping[str, Tensor],
+    *,
+    example_inputs: ExampleInputs,
+    verify: bool = True,
+    rtol: float = 1e-4,
+    atol: float = 1e-5,
+) -> nn.Module:
+    """:func:`compact_model` on a plain copy the caller owns (it is masked and shrunk in place)."""
     where = "compact_model()"
     history = pruning_history(groups, keep)
-    clone = plain_copy(model, tensors)
     training = {name: m.training for name, m in clone.named_modules()}
     requires_grad = {name: p.requires_grad for name, p in clone.named_parameters()}
     live = dict(clone.named_parameters())
