@@ -82,6 +82,40 @@ def test_the_pruning_history_replays_with_torch_pruning_itself():
         pruning_history(groups, {**keep, "0": torch.zeros(5, dtype=torch.bool)})
 
 
+class TwoHeads(nn.Module):
+    """Two heads sharing one weight: both read the hidden channels the same way."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.hidden = nn.Linear(4, 6)
+        self.a = nn.Linear(6, 3)
+        self.b = nn.Linear(6, 3)
+        self.b.weight = self.a.weight
+
+    def forward(self, x):
+        h = torch.relu(self.hidden(x))
+        return self.a(h) - self.b(h)
+
+
+def test_tied_weights_stay_one_parameter_after_surgery():
+    model, x = TwoHeads(), torch.randn(2, 4)
+    groups = find_channel_groups(model, x)
+    hidden = next(g for g in groups if g.name == "hidden")
+    assert hidden.prunable and ("a.weight", 1, "in") in {(s.fqn, s.dim, s.role) for s in hidden.slices}
+    assert "b.weight" not in hidden.fqns  # one canonical name for the tied tensor
+    small = compact_model(model, groups, {"hidden": torch.arange(6) < 4}, example_inputs=x)
+    assert small.b.weight is small.a.weight and small.a.weight.shape == (3, 4)
+    assert len(list(small.parameters())) == len(list(model.parameters()))
+
+
+def test_a_weight_tied_across_different_couplings_is_never_pruned():
+    model = nn.Sequential(nn.Linear(4, 6), nn.ReLU(), nn.Linear(6, 6), nn.ReLU(), nn.Linear(6, 6))
+    model[4].weight = model[2].weight  # its rows are layer 2's channels and, in layer 4, the output
+    groups = find_channel_groups(model, torch.randn(2, 4))
+    assert not any(g.prunable for g in groups)
+    assert "tied weight '2.weight' in only some of its places ['2.weight', '4.weight']" in groups[0].reason
+
+
 class ChannelMean(nn.Module):
     """Subtracts the mean over channels: Torch-Pruning takes the mean for an element-wise op."""
 

@@ -505,6 +505,12 @@ def _groups_of_graph(
     module_names = {id(m): n for n, m in clone.named_modules()}
     order = {n: i for i, n in enumerate(module_names.values())}
     param_names = {id(p): n for n, p in clone.named_parameters()}
+    canonical = {  # every place of a tied weight -> its canonical (first) name
+        (f"{mn}.{local}" if mn else local): param_names[id(p)]
+        for mn, m in clone.named_modules(remove_duplicate=False)
+        for local, p in m._parameters.items()
+        if p is not None
+    }
     output_fns = {t.grad_fn for t in outputs if t.grad_fn is not None}
     all_fqns = [n for n, _ in clone.named_parameters()]
     unused = [p for p in exclude if not any(fnmatch.fnmatchcase(f, p) for f in all_fqns)]
@@ -535,7 +541,9 @@ def _groups_of_graph(
         if not size:
             continue
         tp_group = graph.get_pruning_group(module, pruner.prune_out_channels, list(range(size)))
-        groups.append(_translate(graph, tp_group, module, size, module_names, param_names, output_fns, exclude, visited))
+        groups.append(
+            _translate(graph, tp_group, module, size, module_names, param_names, canonical, output_fns, exclude, visited)
+        )
     return groups
 
 
@@ -546,12 +554,14 @@ def _translate(
     size: int,
     module_names: Mapping[int, str],
     param_names: Mapping[int, str],
+    canonical: Mapping[str, str],
     output_fns: set,
     exclude: list[str],
     visited: set[int],
 ) -> ChannelGroup:
     reasons: list[str] = []
     merged: dict[tuple[str, int], dict[str, Any]] = {}
+    tied: dict[tuple[str, int], dict[str, tuple]] = {}  # (canonical, dim) -> place -> mapping
     name = module_names[id(root)]
     for node, role, positions, channels in _group_items(graph, tp_group):
         target = node.module
@@ -572,9 +582,18 @@ def _translate(
             reasons.append(result)
             continue
         for s in result:
-            slot = merged.setdefault((s.fqn, s.dim), {"role": s.role, "pairs": {}})
+            key = (canonical.get(s.fqn, s.fqn), s.dim)
+            slot = merged.setdefault(key, {"role": s.role, "pairs": {}})
             for p, c in zip(s.positions, s.channels):
                 slot["pairs"][p] = c
+            tied.setdefault(key, {})[s.fqn] = tuple(sorted(zip(s.positions, s.channels)))
+    for (fqn, dim), seen in tied.items():
+        everywhere = [place for place, c in canonical.items() if c == fqn]
+        if len(everywhere) > 1 and (set(seen) != set(everywhere) or len(set(seen.values())) > 1):
+            reasons.append(
+                f"it touches the tied weight {fqn!r} in only some of its places {everywhere!r} "
+                "(Torch-Pruning prunes each place as its own layer)"
+            )
     slices = []
     for (fqn, dim), slot in merged.items():
         pairs = sorted(slot["pairs"].items())

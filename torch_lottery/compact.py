@@ -29,7 +29,7 @@ from .channels import (
     plain_copy,
 )
 
-__all__ = ["compact_model", "pruning_history"]
+__all__ = ["compact_model", "pruning_history", "replay_history_"]
 
 logger = logging.getLogger(__name__)
 
@@ -146,8 +146,6 @@ def _compact_owned(
     """:func:`compact_model` on a plain copy the caller owns (it is masked and shrunk in place)."""
     where = "compact_model()"
     history = pruning_history(groups, keep)
-    training = {name: m.training for name, m in clone.named_modules()}
-    requires_grad = {name: p.requires_grad for name, p in clone.named_parameters()}
     live = dict(clone.named_parameters())
     missing = [f for g in groups if g.prunable for f in g.fqns if f not in live]
     if missing:
@@ -157,33 +155,84 @@ def _compact_owned(
         for fqn, mask in masks.items():
             live[fqn].mul_(mask.to(live[fqn].device))
     reference: list[Tensor] = []
+    training = {name: m.training for name, m in clone.named_modules()}
     if verify:
         clone.eval()
         with torch.no_grad():
             reference = [t.detach().clone() for t in _outputs(call_model(clone, example_inputs))]
-
-    graph, outputs = build_graph(clone, example_inputs, where=where)
-    found = _groups_of_graph(graph, clone, outputs, [], where)
-    mine = {g.name: g for g in groups}
-    differ = [g.name for g in found if g.name not in mine or (g.size, g.slices) != (mine[g.name].size, mine[g.name].slices)]
-    differ += [n for n in mine if n not in {g.name for g in found}]
-    if differ:
-        raise ValueError(
-            f"{where}: the model's channel groups differ from the ticket's at {differ[:3]!r}; "
-            "pass a fresh instance of the architecture the ticket was found on"
-        )
-    graph.load_pruning_history(history)
-    del graph
-
-    for name, m in clone.named_modules():
-        m.train(training.get(name, m.training))
-    for name, p in clone.named_parameters():
-        p.requires_grad_(requires_grad.get(name, True))
+        _restore_modes(clone, training)
+    replay_history_(clone, history, example_inputs, where=where, expected=groups)
     if verify:
         _verify(clone, example_inputs, reference, rtol=rtol, atol=atol, training=training)
     removed = sum(len(h[2]) for h in history)
     logger.info("compact model: %d channels removed in %d groups", removed, len(history))
     return clone
+
+
+def _restore_modes(model: nn.Module, training: Mapping[str, bool]) -> None:
+    for name, m in model.named_modules():
+        m.train(training.get(name, m.training))
+
+
+def replay_history_(
+    model: nn.Module,
+    history: Sequence[Sequence[Any]],
+    example_inputs: ExampleInputs,
+    *,
+    where: str,
+    expected: Optional[Sequence[ChannelGroup]] = None,
+) -> None:
+    """Shrink ``model`` in place by replaying a Torch-Pruning ``history`` (modes and ``requires_grad`` kept).
+
+    With ``expected``, the model's channel groups must equal those groups first (same names,
+    sizes and slices), so a history is never replayed on a different architecture.
+    """
+    training = {name: m.training for name, m in model.named_modules()}
+    requires_grad = {name: p.requires_grad for name, p in model.named_parameters()}
+    places: dict[int, list[tuple[str, str]]] = {}
+    for mn, m in model.named_modules(remove_duplicate=False):
+        for local, p in m._parameters.items():
+            if p is not None and (mn, local) not in places.get(id(p), []):
+                places.setdefault(id(p), []).append((mn, local))
+    ties = [v for v in places.values() if len(v) > 1]
+    graph, outputs = build_graph(model, example_inputs, where=where)
+    if expected is not None:
+        found = _groups_of_graph(graph, model, outputs, [], where)
+        mine = {g.name: g for g in expected}
+        differ = [g.name for g in found if g.name not in mine or (g.size, g.slices) != (mine[g.name].size, mine[g.name].slices)]
+        differ += [n for n in mine if n not in {g.name for g in found}]
+        if differ:
+            _restore_modes(model, training)
+            raise ValueError(
+                f"{where}: the model's channel groups differ from the ticket's at {differ[:3]!r}; "
+                "pass a fresh instance of the architecture the ticket was found on"
+            )
+    try:
+        graph.load_pruning_history([list(h) for h in history])
+    finally:
+        _restore_modes(model, training)
+    _retie_(model, ties, where)
+    for name, p in model.named_parameters():
+        p.requires_grad_(requires_grad.get(name, True))
+
+
+def _retie_(model: nn.Module, ties: Sequence[Sequence[tuple[str, str]]], where: str) -> None:
+    """Torch-Pruning slices each place of a tied weight into its own Parameter; share them again."""
+    for tie in ties:
+        (first_m, first_local), rest = tie[0], tie[1:]
+        shared = model.get_submodule(first_m)._parameters[first_local]
+        for mn, local in rest:
+            module = model.get_submodule(mn)
+            other = module._parameters[local]
+            if other is shared:
+                continue
+            if other.shape != shared.shape or not torch.equal(other, shared):
+                raise RuntimeError(
+                    f"{where}: the tied weight {first_m}.{first_local} = {mn}.{local} was pruned differently "
+                    f"in its two places ({tuple(shared.shape)} vs {tuple(other.shape)}); tied weights must share "
+                    "their channels"
+                )
+            module._parameters[local] = shared
 
 
 def _verify(
@@ -200,8 +249,7 @@ def _verify(
         with torch.no_grad():
             got = _outputs(call_model(compact, example_inputs))
     finally:
-        for name, m in compact.named_modules():
-            m.train(training.get(name, m.training))
+        _restore_modes(compact, training)
     if len(got) != len(reference):
         raise RuntimeError(
             f"compact_model(): the compact model returns {len(got)} tensors, the masked model {len(reference)}"
