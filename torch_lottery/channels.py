@@ -562,6 +562,10 @@ def _translate(
     reasons: list[str] = []
     merged: dict[tuple[str, int], dict[str, Any]] = {}
     tied: dict[tuple[str, int], dict[str, tuple]] = {}  # (canonical, dim) -> place -> mapping
+    tied_places: dict[str, list[str]] = {}
+    for place, c in canonical.items():
+        tied_places.setdefault(c, []).append(place)
+    tied_places = {c: places for c, places in tied_places.items() if len(places) > 1}
     name = module_names[id(root)]
     for node, role, positions, channels in _group_items(graph, tp_group):
         target = node.module
@@ -586,10 +590,11 @@ def _translate(
             slot = merged.setdefault(key, {"role": s.role, "pairs": {}})
             for p, c in zip(s.positions, s.channels):
                 slot["pairs"][p] = c
-            tied.setdefault(key, {})[s.fqn] = tuple(sorted(zip(s.positions, s.channels)))
+            if key[0] in tied_places:
+                tied.setdefault(key, {})[s.fqn] = tuple(sorted(zip(s.positions, s.channels)))
     for (fqn, dim), seen in tied.items():
-        everywhere = [place for place, c in canonical.items() if c == fqn]
-        if len(everywhere) > 1 and (set(seen) != set(everywhere) or len(set(seen.values())) > 1):
+        everywhere = tied_places[fqn]
+        if set(seen) != set(everywhere) or len(set(seen.values())) > 1:
             reasons.append(
                 f"it touches the tied weight {fqn!r} in only some of its places {everywhere!r} "
                 "(Torch-Pruning prunes each place as its own layer)"
