@@ -14,13 +14,13 @@ import json
 import os
 from typing import Any, Mapping, Optional, Sequence, Union
 
-import safetensors
-import safetensors.torch
 import torch
 from torch import Tensor, nn
 
+from ._version import __version__
 from .channels import example_inputs_from_spec, plain_copy
 from .compact import replay_history_
+from .files import load_json, read_safetensors, read_safetensors_header, write_safetensors_streaming
 from .targets import unwrap_model
 
 __all__ = ["FORMAT", "load_compact", "read_compact_info", "save_compact"]
@@ -46,7 +46,8 @@ def save_compact(
 
     Args:
         model: the compact model (e.g. from ``ticket.compact()``).
-        path: the file; written atomically (the old file stays whole if anything fails).
+        path: the file; written atomically through :mod:`torch_lottery.files` (the old file stays
+            whole if anything fails).
         history: the pruning history that turned the dense model into ``model``
             (``ticket.pruning_history()`` or :func:`~torch_lottery.compact.pruning_history`).
         input_spec: the example inputs' shapes and dtypes (:func:`~torch_lottery.channels.input_spec`).
@@ -67,8 +68,6 @@ def save_compact(
         >>> torch.equal(again[0].weight, small[0].weight)
         True
     """
-    from .ticket_file import _atomic_save
-
     extra = dict(metadata or {})
     bad = [k for k, v in extra.items() if not isinstance(k, str) or not isinstance(v, str) or k.startswith("torch_lottery.")]
     if bad:
@@ -95,10 +94,8 @@ def save_compact(
         "input_spec": dict(input_spec),
         "aliases": aliases,
     }
-    from . import __version__
-
     meta = {**extra, "torch_lottery.compact": json.dumps(info), "torch_lottery.version": __version__}
-    _atomic_save(tensors, meta, path)
+    write_safetensors_streaming(tensors, path, metadata=meta, fn="save_compact")
 
 
 def read_compact_info(path: PathLike) -> dict[str, Any]:
@@ -107,17 +104,19 @@ def read_compact_info(path: PathLike) -> dict[str, Any]:
     Raises:
         ValueError: the file is not a compact model file.
     """
-    with safetensors.safe_open(os.fspath(path), framework="pt") as f:
-        meta = f.metadata() or {}
+    return _info(read_safetensors_header(path, fn="read_compact_info").metadata, path, "read_compact_info")
+
+
+def _info(meta: Mapping[str, str], path: PathLike, fn: str) -> dict[str, Any]:
     raw = meta.get("torch_lottery.compact")
     if raw is None:
         raise ValueError(
-            f"read_compact_info(): path={os.fspath(path)!r} holds no compact model record; "
-            "write it with save_compact() or ticket.save_compact()"
+            f"{fn}(): path={os.fspath(path)!r} holds no compact model record; write it with save_compact()"
         )
-    info = json.loads(raw)
-    if info.get("format") != FORMAT:
-        raise ValueError(f"read_compact_info(): path={os.fspath(path)!r} has format {info.get('format')!r}, expected {FORMAT!r}")
+    info = load_json(raw, what="metadata entry 'torch_lottery.compact'", where=f"path={os.fspath(path)!r}", fn=fn)
+    if not isinstance(info, dict) or info.get("format") != FORMAT:
+        got = info.get("format") if isinstance(info, dict) else info
+        raise ValueError(f"{fn}(): path={os.fspath(path)!r} has format {got!r}, expected {FORMAT!r}")
     return info
 
 
@@ -133,7 +132,7 @@ def load_compact(model: nn.Module, path: PathLike) -> nn.Module:
     Raises:
         ValueError: not a compact file, a model of another class, or weights that do not fit.
     """
-    info = read_compact_info(path)
+    info = _info(read_safetensors_header(path, fn="load_compact").metadata, path, "load_compact")
     if _model_class(model) != info["model_class"]:
         raise ValueError(
             f"load_compact(): path={os.fspath(path)!r} holds a compact {info['model_class']}, but model is a "
@@ -143,7 +142,8 @@ def load_compact(model: nn.Module, path: PathLike) -> nn.Module:
     device = next((p.device for p in clone.parameters()), torch.device("cpu"))
     inputs = example_inputs_from_spec(info["input_spec"], device=device)
     replay_history_(clone, info["pruning_history"], inputs, where="load_compact()")
-    tensors = safetensors.torch.load_file(os.fspath(path), device=str(device))
+    tensors, _ = read_safetensors(path, fn="load_compact")
+    tensors = {k: v.to(device) for k, v in tensors.items()}
     for alias, key in info.get("aliases", {}).items():
         tensors[alias] = tensors[key]
     try:
