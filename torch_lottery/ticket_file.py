@@ -15,7 +15,9 @@ come back as zeros, which changes nothing the model computes.
 
 The header's string metadata holds the format name and version, library and torch versions, the ticket's
 configuration, round, history, per-tensor sparsity, target FQNs, the model's architecture (canonical tensor
-shapes) and a SHA-256 checksum over metadata and tensors. Nothing is ever unpickled; files are written and
+shapes) and a SHA-256 checksum over metadata and tensors. A structured ticket (``granularity="channel"``) also
+stores ``channels``: its channel groups, the example inputs' shapes and dtypes, and Torch-Pruning's pruning
+history, so a fresh model can be compacted without example inputs. Nothing is ever unpickled; files are written and
 read through :mod:`torch_lottery.files` (atomic writes, a validated header before any tensor data is read).
 
 This module works on plain data (FQN-keyed tensors, a settings dict, the ticket's ``state_dict()``) and never
@@ -315,6 +317,12 @@ def _decode_metadata(meta: Mapping[str, str], fn: str, path: PathLike) -> dict[s
                 f"expected {kind.__name__}; the file is corrupt"
             )
         decoded[key] = value
+    if "channels" in meta:  # structured tickets only
+        channels = load_json(meta["channels"], what="metadata entry 'channels'", where=f"path={os.fspath(path)!r}", fn=fn)
+        if not (isinstance(channels, dict) and isinstance(channels.get("groups"), list)
+                and isinstance(channels.get("input_spec"), dict)):
+            raise ValueError(f"{fn}(): path={os.fspath(path)!r} has a malformed 'channels' entry; the file is corrupt")
+        decoded["channels"] = channels
     for key in ("round", "steps"):
         if decoded[key] < 0:
             raise ValueError(f"{fn}(): path={os.fspath(path)!r} has {key}={decoded[key]!r} < 0; the file is corrupt")
@@ -540,6 +548,7 @@ def write_ticket(
     trained: Mapping[str, Tensor] | None = None,
     encoding: str = "compact",
     metadata: Mapping[str, str] | None = None,
+    channels: Mapping[str, Any] | None = None,
     fn: str = "write_ticket",
 ) -> None:
     """Write a ticket file from plain data: a ticket's ``state_dict()`` and the model it prunes.
@@ -554,6 +563,8 @@ def write_ticket(
         trained: FQN -> tensor stored under ``trained/`` (the model's current weights), or None.
         encoding: ``"compact"`` or ``"dense"`` (see the module docstring).
         metadata: extra ``str -> str`` header entries; they may not override the format's keys.
+        channels: a structured ticket's channel record (JSON-able: ``ChannelPlan.to_dict()`` plus
+            ``"pruning_history"``), stored as the ``channels`` entry; ``None`` for weight tickets.
         fn: the public function to name in error messages.
 
     Raises:
@@ -602,6 +613,8 @@ def write_ticket(
         "layout": json.dumps(layout),
         "architecture": json.dumps(_architecture(model)),
     }
+    if channels is not None:
+        meta["channels"] = json.dumps(dict(channels))
     clash = sorted(set(metadata or {}) & (set(meta) | {_CHECKSUM_KEY}))
     if clash:
         raise ValueError(f"{fn}(): metadata keys {clash!r} are reserved by the ticket format; rename them")
@@ -658,7 +671,12 @@ def save_ticket(
     state = dict(ticket.state_dict())
     state["masks"] = {fqn: state["masks"][fqn] for fqn in ticket.target_fqns}
     trained = {k: v.detach().cpu() for k, v in ticket.live_tensors().items()} if include_trained else None
-    write_ticket(path, state, model=ticket.model, trained=trained, encoding=encoding, metadata=metadata, fn=fn)
+    plan = getattr(ticket, "channel_plan", None)  # a structured ticket's groups, input spec and history
+    channels = None
+    if plan is not None:
+        channels = {**plan.to_dict(), "pruning_history": plan.history(plan.keep_from_masks(state["masks"]))}
+    write_ticket(path, state, model=ticket.model, trained=trained, encoding=encoding, metadata=metadata,
+                 channels=channels, fn=fn)
 
 
 def read_ticket_tensors(path: PathLike) -> TicketTensors:

@@ -144,6 +144,14 @@ def load_ticket(
         logger.info("load_ticket(): snapshot_device %r unavailable; keeping the snapshot on the CPU", device)
         device = "cpu"
     overrides["snapshot_device"] = device
+    if config.get("granularity", "weight") == "channel":  # a structured ticket: its plan comes from the file
+        if "channels" not in meta:
+            raise ValueError(
+                f"{fn}(): path={os.fspath(path)!r} is a structured ticket without its 'channels' entry; the file is corrupt"
+            )
+        from .structured import ChannelPlan
+
+        overrides["example_inputs"] = ChannelPlan.from_dict(model, meta["channels"])
     state = {
         "config": config,
         "round": meta["round"],
