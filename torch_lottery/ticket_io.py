@@ -151,7 +151,8 @@ def load_ticket(
             )
         from .structured import ChannelPlan
 
-        overrides["example_inputs"] = ChannelPlan.from_dict(model, meta["channels"])
+        importance = config.get("importance", "l1")  # a custom importance is refused here, by name
+        overrides["example_inputs"] = ChannelPlan.from_dict(model, meta["channels"], importance=importance)
     state = {
         "config": config,
         "round": meta["round"],
