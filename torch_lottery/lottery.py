@@ -131,6 +131,9 @@ class LotteryTicket:
         snapshot_device: Union[str, torch.device] = "cpu",
         snapshot_dir: Optional[Union[str, os.PathLike]] = None,
         backend: str = "prune",
+        granularity: str = "weight",
+        example_inputs: Any = None,
+        importance: Any = "l1",
     ) -> None:
         if not isinstance(model, nn.Module):
             raise TypeError(f"LotteryTicket(): model={type(model).__name__!r} is not an nn.Module; pass the model itself")
@@ -139,14 +142,25 @@ class LotteryTicket:
         settings = TicketSettings(
             sparsity=sparsity, rate=rate, rounds=rounds, scope=scope, rewind=rewind, layer_rates=layer_rates,
             layer_sparsity=layer_sparsity, criterion=name, restore=restore, seed=seed,
-            snapshot_device=snapshot_device, backend=backend,  # type: ignore[arg-type]
+            snapshot_device=snapshot_device, backend=backend, granularity=granularity,  # type: ignore[arg-type]
+            importance=importance if isinstance(importance, str) else type(importance).__qualname__,
         )
         _check_snapshot_dir(settings.snapshot_device, snapshot_dir)
         optimizer = check_optimizer(optimizer, "LotteryTicket()")
         scheduler = check_scheduler(scheduler, "LotteryTicket()")
         self._model = unwrap_model(model)
-        self._targets: list[Target] = find_targets(self._model, targets, () if exclude is None else exclude)
-        self._settings = settings.resolve([t.fqn for t in self._targets])
+        exclude = () if exclude is None else exclude
+        self._channels = None  # the channel plan of a structured ticket (granularity="channel")
+        if settings.granularity == "channel":
+            from .structured import plan_for_ticket
+
+            self._channels = plan_for_ticket(self._model, example_inputs, criterion=name, targets=targets, exclude=exclude, importance=importance)
+            targets, exclude = self._channels.targets, ()
+        elif example_inputs is not None:
+            raise ValueError("LotteryTicket(): example_inputs is only used with granularity='channel'; drop it or pass granularity='channel'")
+        self._targets: list[Target] = find_targets(self._model, targets, exclude)
+        names = self._channels.group_names if self._channels is not None else [t.fqn for t in self._targets]
+        self._settings = settings.resolve(names)
         self._backend: MaskBackend = make_backend(settings.backend, self._model)
         for t in self._targets:  # read-only: a backend refuses targets it cannot mask (prune hooks under "baked")
             self._backend.is_masked(t)
@@ -388,11 +402,30 @@ class LotteryTicket:
         """
         masks = self.masks
         weights = {t.fqn: self._backend.weight(t) for t in self._targets}
+        if self._channels is not None:  # structured: the channel plan chooses whole channels
+            values = {**self.live_tensors(), **weights}
+            return broadcast_masks(self._channels.next_masks(values, masks, self._settings, done=self._round))
         generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self._round)
         scores = score_weights(
             weights, masks, self._point.tensors or {}, self._criterion, name=self._settings.criterion, generator=generator
         )
         return broadcast_masks(next_masks(scores, masks, self._settings, done=self._round))
+
+    @property
+    def channel_plan(self) -> Any:
+        """The :class:`~torch_lottery.structured.ChannelPlan` of a ``granularity="channel"`` ticket, else ``None``."""
+        return self._channels
+
+    def compact(self, *, weights: Union[str, Mapping[str, Tensor]] = "current", verify: bool = True) -> nn.Module:
+        """A physically smaller dense model without this structured ticket's pruned channels.
+
+        See :func:`torch_lottery.structured.compact_ticket`: ``weights`` is ``"current"`` (the
+        model's weights now: the rewound theta_0 after a round), ``"rewind"`` (the rewind
+        point) or FQN -> tensors. Torch-Pruning makes new Parameters: train it with a new optimizer.
+        """
+        from .structured import compact_ticket
+
+        return compact_ticket(self, weights=weights, verify=verify)
 
     def prune_(self) -> dict[str, Tensor]:
         """Run the pruning half of a round now: compute masks from the current weights and install them.

@@ -20,6 +20,7 @@ import torch
 __all__ = ["MATCHING_KEYS", "check_saved_state", "REWIND_MODES", "RESTORE_MODES", "SCOPES", "SETTINGS_KEYS", "TicketSettings", "check_fraction"]
 
 SCOPES = ("global", "layer")
+GRANULARITIES = ("weight", "channel")
 REWIND_MODES = ("init", "none", "reinit")
 RESTORE_MODES = ("all", "params", "targets")
 
@@ -97,6 +98,8 @@ class TicketSettings:
     seed: int = 0
     snapshot_device: str = "cpu"
     backend: str = "prune"
+    granularity: str = "weight"
+    importance: str = "l1"
 
     def __post_init__(self) -> None:
         put = object.__setattr__
@@ -136,6 +139,13 @@ class TicketSettings:
             )
         if not isinstance(self.criterion, str):
             raise TypeError(f"{_FN}: criterion name {self.criterion!r} must be a string")
+        if not isinstance(self.granularity, str) or self.granularity not in GRANULARITIES:
+            raise ValueError(
+                f"{_FN}: granularity={self.granularity!r} is not one of {list(GRANULARITIES)}; 'weight' prunes "
+                "single weights, 'channel' whole channels (needs example_inputs and torch-pruning)"
+            )
+        if not isinstance(self.importance, str):
+            raise TypeError(f"{_FN}: importance name {self.importance!r} must be a string")
         if not isinstance(self.backend, str):
             raise TypeError(f"{_FN}: backend={self.backend!r} must be a backend name (a string)")
         for name, value in (
@@ -191,13 +201,15 @@ class TicketSettings:
 #: Keys of ``LotteryTicket.config()``: the settings plus the target FQNs.
 SETTINGS_KEYS: tuple[str, ...] = (
     "sparsity", "rate", "rounds", "scope", "rewind", "targets", "layer_rates", "layer_sparsity",
-    "criterion", "restore", "seed", "snapshot_device", "backend",
+    "criterion", "restore", "seed", "snapshot_device", "backend", "granularity", "importance",
 )
 
 #: Keys a saved state must share with the ticket it is loaded into (the rest may differ).
 MATCHING_KEYS: tuple[str, ...] = (
     "targets", "scope", "rate", "sparsity", "rounds", "rewind", "restore", "layer_rates", "layer_sparsity",
+    "granularity",
 )
+_MISSING = {"layer_rates": {}, "layer_sparsity": {}, "granularity": "weight"}  # what a key absent from older states meant
 
 
 def check_saved_state(state: object, config: Mapping[str, Any], fn: str) -> None:
@@ -215,7 +227,7 @@ def check_saved_state(state: object, config: Mapping[str, Any], fn: str) -> None
     if not isinstance(state["config"], Mapping):
         raise ValueError(f"{fn}: state['config'] is {type(state['config']).__name__}, not a dict; pass ticket.state_dict()")
     theirs = dict(state["config"])
-    saved = {k: theirs.get(k, {} if k.startswith("layer_") else None) for k in MATCHING_KEYS}
+    saved = {k: theirs.get(k, _MISSING.get(k)) for k in MATCHING_KEYS}
     differ = {k: (saved[k], config[k]) for k in MATCHING_KEYS if saved[k] != config[k]}
     if differ:
         raise ValueError(

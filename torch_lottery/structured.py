@@ -21,6 +21,7 @@ given Torch-Pruning's own group objects on a copy holding the current weights.
 from __future__ import annotations
 
 import copy
+import logging
 from typing import Any, Mapping, Optional, Sequence, Union
 
 import torch
@@ -51,9 +52,12 @@ from .channels import (
     plain_copy,
 )
 from .compact import _compact_owned, pruning_history
+from .schedule import group_counts, plan_groups
 from .targets import unwrap_model
 
-__all__ = ["ChannelPlan"]
+__all__ = ["ChannelPlan", "compact_ticket", "plan_for_ticket"]
+
+logger = logging.getLogger(__name__)
 
 Importance = Union[str, ChannelImportance, Any]
 
@@ -194,6 +198,11 @@ class ChannelPlan:
         return [g for g in self._groups if g.prunable]
 
     @property
+    def group_names(self) -> list[str]:
+        """Names of the prunable groups: what ``layer_rates``/``layer_sparsity`` keys match."""
+        return [g.name for g in self.prunable_groups]
+
+    @property
     def targets(self) -> list[str]:
         """FQNs of the tensors the plan masks."""
         return channel_targets(self._groups)
@@ -259,6 +268,50 @@ class ChannelPlan:
         scores = self.scores(tensors)
         return select_channels(scores, {g: keep[g] for g in scores}, n)
 
+    def next_masks(
+        self, tensors: Mapping[str, Tensor], masks: Mapping[str, Tensor], settings: Any, *, done: int
+    ) -> dict[str, Tensor]:
+        """The masks of round ``done + 1`` of a structured ticket, from the current weights and masks. Pure.
+
+        The schedule (:mod:`torch_lottery.schedule`) runs over channel groups instead of
+        tensors: ``rate``/``sparsity`` are fractions of channels, ``scope="global"`` ranks the
+        channels of all groups together, ``"layer"`` each group on its own, and overrides are keyed
+        by group name (``settings`` resolved onto :attr:`group_names`). Every group keeps at least
+        one channel, so a count that would empty one is cut (and logged).
+
+        Args:
+            tensors: FQN -> current effective values (the targets; every tensor for a
+                Torch-Pruning importance).
+            masks: the masks in force (channel-structured), FQN -> bool.
+            settings: the ticket's resolved :class:`~torch_lottery.settings.TicketSettings`.
+            done: rounds applied so far.
+
+        Raises:
+            ValueError: NaN or infinite weights, or masks that are not channel-structured.
+        """
+        for fqn in self.targets:
+            w = tensors[fqn]
+            if not torch.isfinite(w).all():
+                raise ValueError(
+                    f"LotteryTicket.prune_(): {fqn!r} has {int((~torch.isfinite(w)).sum())} NaN or infinite weights; "
+                    "fix the training run (lower the learning rate, clip gradients) before pruning. Nothing was pruned."
+                )
+        keep = self.keep_from_masks(masks)
+        names = self.group_names
+        survivors = {n: int(keep[n].sum()) for n in names}
+        schedule = plan_groups(names, settings)
+        counts = group_counts(schedule, survivors, {g.name: g.size for g in self.prunable_groups}, done=done, rounds=settings.rounds)
+        scores = self.scores(tensors)
+        new = dict(keep)
+        for unit, n in zip(schedule, counts):
+            removable = sum(max(0, survivors[f] - 1) for f in unit.fqns)
+            if n > removable:
+                logger.info("groups %s: %d channels asked for, %d removed (each group keeps one)", list(unit.fqns)[:3], n, removable)
+                n = removable
+            new.update(select_channels({f: scores[f] for f in unit.fqns}, {f: keep[f] for f in unit.fqns}, n))
+        device = {f: m.device for f, m in masks.items()}
+        return {f: m.to(device[f]) for f, m in self.masks(new).items()}
+
     def masks(self, keep: Mapping[str, Tensor]) -> dict[str, Tensor]:
         """Weight-shaped bool masks (CPU) for :attr:`targets`."""
         return channel_masks(self._groups, keep, self._shapes)
@@ -305,3 +358,76 @@ class ChannelPlan:
         dev = torch.device(device) if device is not None else next(iter(tensors.values())).device
         model = _materialize(self._template, tensors, dev)
         return _compact_owned(model, self._groups, keep, example_inputs=self.example_inputs(device=dev), verify=verify)
+
+
+def plan_for_ticket(
+    model: nn.Module,
+    example_inputs: Optional[ExampleInputs],
+    *,
+    criterion: str,
+    targets: Any,
+    exclude: Sequence[str],
+    importance: Importance,
+) -> ChannelPlan:
+    """The plan of ``LotteryTicket(model, granularity="channel", ...)``, its arguments checked first."""
+    fn = "LotteryTicket()"
+    if isinstance(example_inputs, ChannelPlan):
+        return example_inputs
+    if example_inputs is None:
+        raise ValueError(
+            f"{fn}: granularity='channel' needs example_inputs=, one batch the model accepts (e.g. "
+            "torch.randn(1, 3, 32, 32)), to trace which channels are coupled"
+        )
+    if criterion != "magnitude":
+        raise ValueError(
+            f"{fn}: criterion={criterion!r} scores single weights; with granularity='channel' rank channels with "
+            "importance= ('l1', 'l2', a callable or a torch_pruning importance)"
+        )
+    plan = ChannelPlan.trace(model, example_inputs, exclude=exclude, importance=importance)
+    if targets is not None and (callable(targets) or list(targets) != plan.targets):  # a config() round trip is fine
+        raise ValueError(
+            f"{fn}: targets={targets!r} is not used with granularity='channel' (the channel groups decide which "
+            "tensors are masked); use exclude= to keep layers whole"
+        )
+    return plan
+
+
+def compact_ticket(ticket: Any, *, weights: Union[str, Mapping[str, Tensor]] = "current", verify: bool = True) -> nn.Module:
+    """The compact model of a structured ticket (what ``ticket.compact()`` returns).
+
+    Args:
+        ticket: a ``LotteryTicket`` built with ``granularity="channel"``.
+        weights: ``"current"``: the model's weights now (after a round, the rewound theta_0 or
+            theta_k: train the compact model from there to test the hypothesis; inside a block,
+            the trained weights); ``"rewind"``: the rewind point itself; or FQN -> tensors (e.g.
+            trained weights kept from earlier), completed by the model's current values.
+        verify: check the compact outputs against the masked model (see
+            :func:`~torch_lottery.compact.compact_model`).
+
+    Returns:
+        A new module with the kept channels only. Torch-Pruning made new Parameters, so an
+        optimizer of the ticket's model does not train it: create a new one.
+
+    Raises:
+        RuntimeError: the ticket is not structured, or ``weights="rewind"`` before any snapshot.
+        ValueError: an unknown ``weights`` value.
+    """
+    fn = "LotteryTicket.compact()"
+    plan = ticket.channel_plan
+    if plan is None:
+        raise RuntimeError(
+            f"{fn}: this ticket prunes single weights (granularity='weight'), which removes no channel; "
+            "build it with granularity='channel' and example_inputs= to get a smaller dense model"
+        )
+    values: dict[str, Tensor] = {**dict(ticket.model.named_buffers()), **ticket.live_tensors()}
+    if isinstance(weights, Mapping):
+        values.update(weights)
+    elif weights == "rewind":
+        rewind = ticket.rewind_weights
+        if not rewind:
+            raise RuntimeError(f"{fn}: weights='rewind' but no rewind point was taken yet; enter a round first")
+        values.update(rewind)
+    elif weights != "current":
+        raise ValueError(f"{fn}: weights={weights!r} is not 'current', 'rewind' or a dict of tensors")
+    keep = plan.keep_from_masks(ticket.masks)
+    return plan.compact(values, keep, verify=verify)
