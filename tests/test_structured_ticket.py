@@ -99,6 +99,26 @@ def test_compact_equals_the_masked_model_from_current_and_rewind_weights():
         ticket.compact(weights="best")
 
 
+def test_late_rewinding_to_step_k_with_channels():
+    model = _lenet()
+    opt = torch.optim.SGD(model.parameters(), lr=0.05)
+    ticket = LotteryTicket(model, sparsity=0.5, scope="layer", rewind=2, optimizer=opt, granularity="channel",
+                           example_inputs=X[:1])
+    with ticket:
+        for step in range(4):
+            opt.zero_grad()
+            nn.functional.cross_entropy(model(X), Y).backward()
+            opt.step()
+            if step == 1:
+                theta2 = {k: v.detach().clone() for k, v in ticket.live_tensors().items()}
+    masks = ticket.masks
+    for fqn, t in ticket.live_tensors().items():
+        want = theta2[fqn] * masks[fqn] if fqn in masks else theta2[fqn]
+        got = t.detach() * masks[fqn] if fqn in masks else t.detach()
+        assert torch.equal(got, want), fqn
+    assert _kept(ticket) == {"1": 15, "3": 10}
+
+
 def test_random_channel_control_keeps_each_groups_count():
     model = _lenet()
     ticket = LotteryTicket(model, sparsity=0.5, scope="layer", granularity="channel", example_inputs=X[:1])

@@ -88,6 +88,14 @@ class LotteryTicket:
             ``snapshot_dir`` (a temporary folder by default), read memory-mapped.
         snapshot_dir: the folder of the disk snapshot.
         backend: mask backend name (:data:`torch_lottery.BACKENDS`), ``"prune"`` by default.
+        granularity: ``"weight"`` (default) prunes single weights; ``"channel"`` whole channels
+            (conv filters, Linear neurons) with everything coupled to them, so :meth:`compact`
+            builds a smaller dense model (needs torch-pruning; docs/structured.md). Rates,
+            sparsities and overrides then count channels, keyed by channel-group name.
+        example_inputs: with ``"channel"``, one batch the model accepts (a tensor, a tuple or a
+            dict of tensors), traced once on a copy to find the coupled channels.
+        importance: with ``"channel"``, how channels are ranked: ``"l1"`` (default), ``"l2"``, a
+            callable ``(group, tensors) -> scores`` or a torch_pruning importance.
         Settings are validated and kept as a frozen :class:`~torch_lottery.settings.TicketSettings`.
 
     Raises:
