@@ -269,3 +269,72 @@ def test_torchvision_structured_round_rewinds_bitwise_and_compacts(name):
         want = model(x)
         torch.testing.assert_close(small(x), want, rtol=1e-4, atol=1e-5 * float(want.abs().max()))
     assert sum(p.numel() for p in small.parameters()) < sum(p.numel() for p in model.parameters())
+
+
+# ---------------------------------------------------------------------- ticket files
+def test_ticket_file_round_trip_rebuilds_the_compact_model_without_example_inputs(tmp_path):
+    from torch_lottery import load_ticket, read_ticket_info
+
+    model = _lenet()
+    ticket = LotteryTicket(model, rate=0.3, rounds=3, scope="layer", granularity="channel", example_inputs=X[:1])
+    with ticket:
+        _train(model)
+    path = tmp_path / "structured.safetensors"
+    ticket.save(path)
+    info = read_ticket_info(path)
+    assert info["config"]["granularity"] == "channel"
+    fresh = _lenet(seed=4)
+    loaded = load_ticket(path, fresh)  # no example_inputs: the plan comes from the file
+    assert loaded.channel_plan.groups == ticket.channel_plan.groups
+    assert loaded.channel_plan.input_spec == {"kind": "tensor", "keys": None, "tensors": [{"shape": [1, 64], "dtype": "float32"}]}
+    assert _kept(loaded) == _kept(ticket) == {"1": 21, "3": 14}
+    small, original = loaded.compact(), ticket.compact()
+    for (k, a), (_, b) in zip(small.state_dict().items(), original.state_dict().items()):
+        assert torch.equal(a, b), k
+    torch.testing.assert_close(small(X), fresh(X))
+    with loaded:  # and the loaded ticket keeps pruning channels
+        _train(fresh)
+    assert _kept(loaded) == {"1": 15, "3": 10}
+
+
+def test_a_structured_file_without_its_channel_record_is_refused(tmp_path):
+    from torch_lottery import load_ticket
+    from torch_lottery.ticket_file import read_ticket_tensors, write_ticket
+
+    model = _lenet()
+    ticket = LotteryTicket(model, rate=0.3, granularity="channel", example_inputs=X[:1])
+    with ticket:
+        pass
+    path = tmp_path / "no-channels.safetensors"
+    write_ticket(path, ticket.state_dict(), model=model)  # written without channels=
+    assert "channels" not in read_ticket_tensors(path).metadata
+    before = {k: v.clone() for k, v in _lenet(seed=2).state_dict().items()}
+    fresh = _lenet(seed=2)
+    with pytest.raises(ValueError, match="structured ticket without its 'channels' entry"):
+        load_ticket(path, fresh)
+    assert all(torch.equal(v, before[k]) for k, v in fresh.state_dict().items())
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", list(MODELS))
+def test_torchvision_ticket_file_round_trip_through_compact(name, tmp_path):
+    from torch_lottery import load_ticket
+
+    torch.manual_seed(0)
+    model = MODELS[name]()
+    x = torch.randn(2, 3, 32, 32)
+    ticket = LotteryTicket(model, rate=0.5, scope="layer", granularity="channel", example_inputs=x[:1])
+    with ticket:
+        pass
+    path = tmp_path / f"{name}.safetensors"
+    ticket.save(path)
+    fresh = MODELS[name]()
+    loaded = load_ticket(path, fresh)
+    small = loaded.compact()
+    fresh.eval()
+    small.eval()
+    model.eval()
+    with torch.no_grad():
+        want = model(x)
+        torch.testing.assert_close(fresh(x), want)
+        torch.testing.assert_close(small(x), want, rtol=1e-4, atol=1e-5 * float(want.abs().max()))
