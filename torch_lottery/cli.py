@@ -227,6 +227,12 @@ def _cmd_reproduce(args: argparse.Namespace) -> int:
     from .reproduction.data import load_dataset
     from .reproduction.experiments import EXPERIMENTS
 
+    if getattr(args, "granularity", "weight") == "channel":  # structured tickets beside the weight ticket
+        if args.experiment not in ("imp", "structured"):
+            print(f"torch-lottery reproduce: error: --granularity channel runs the 'structured' experiment, "
+                  f"not --experiment {args.experiment}; leave one of them out", file=sys.stderr)
+            return 2
+        args.experiment = "structured"
     experiment = EXPERIMENTS[args.experiment]
     torch.set_num_threads(max(1, args.threads))
     try:

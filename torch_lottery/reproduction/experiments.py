@@ -17,6 +17,7 @@ from typing import Any, Callable, Mapping, Optional, Sequence, Union
 from ..backends import check_backend
 from .config import ReproConfig, describe, make_config
 from .data import DatasetSplits
+from . import structured_imp
 from .imp import planned_runs, run_seed
 from .plots import plot_runs
 from .report import format_report, write_outputs
@@ -107,6 +108,22 @@ EXPERIMENTS: dict[str, Experiment] = {
         write_outputs=strong_outputs,
         format_report=strong_report,
         plot=strong_plot,
+    ),
+    "structured": Experiment(
+        name="structured",
+        help="the imp experiment plus structured tickets (whole neurons, granularity='channel'): their reinit "
+             "control, refill from the weight ticket (Chen et al. 2022) and the compact models' speed; "
+             "also selected by --granularity channel",
+        config_type=ReproConfig,
+        make_config=make_config,
+        options=("profile", "dataset", "model", "iterations", "rounds", "seeds", "eval_every", "oneshot_every",
+                 "controls", "train_limit"),
+        describe=describe,
+        planned_runs=structured_imp.planned_runs,
+        run_seed=structured_imp.run_seed,
+        write_outputs=structured_imp.write_outputs,
+        format_report=structured_imp.format_report,
+        add_arguments=structured_imp.add_arguments,
     ),
 }
 """Experiment name -> :class:`Experiment`; ``"imp"`` is the default of :func:`run_experiment` and the CLI."""
