@@ -17,7 +17,6 @@ from typing import Any, Callable, Mapping, Optional, Sequence, Union
 from ..backends import check_backend
 from .config import ReproConfig, describe, make_config
 from .data import DatasetSplits
-from . import structured_imp
 from .imp import planned_runs, run_seed
 from .plots import plot_runs
 from .report import format_report, write_outputs
@@ -32,6 +31,11 @@ from .strong import (
     run_seed as strong_seed,
     write_outputs as strong_outputs,
 )
+from .structured_imp import add_arguments as structured_arguments
+from .structured_imp import format_report as structured_report
+from .structured_imp import planned_runs as structured_runs
+from .structured_imp import run_seed as structured_seed
+from .structured_imp import write_outputs as structured_outputs
 
 __all__ = ["EXPERIMENTS", "Experiment", "run_experiment"]
 
@@ -119,11 +123,11 @@ EXPERIMENTS: dict[str, Experiment] = {
         options=("profile", "dataset", "model", "iterations", "rounds", "seeds", "eval_every", "oneshot_every",
                  "controls", "train_limit"),
         describe=describe,
-        planned_runs=structured_imp.planned_runs,
-        run_seed=structured_imp.run_seed,
-        write_outputs=structured_imp.write_outputs,
-        format_report=structured_imp.format_report,
-        add_arguments=structured_imp.add_arguments,
+        planned_runs=structured_runs,
+        run_seed=structured_seed,
+        write_outputs=structured_outputs,
+        format_report=structured_report,
+        add_arguments=structured_arguments,
     ),
 }
 """Experiment name -> :class:`Experiment`; ``"imp"`` is the default of :func:`run_experiment` and the CLI."""

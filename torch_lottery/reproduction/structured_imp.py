@@ -34,7 +34,9 @@ from torch import Tensor, nn
 
 from .. import LotteryTicket  # the public API
 from ..structured import ChannelPlan
-from . import imp
+from .imp import _Seed
+from .imp import planned_runs as imp_planned_runs
+from .imp import run_seed as imp_run_seed
 from .config import KINDS, ReproConfig
 from .data import DatasetSplits
 from .models import PAPER_SETTINGS, paper_layer_rates
@@ -58,7 +60,7 @@ def planned_runs(config: ReproConfig) -> list[tuple[int, str, int]]:
         >>> planned_runs(make_config(rounds=1, seeds=[0], oneshot_every=0, controls=()))
         [(0, 'ticket', 0), (0, 'ticket', 1), (0, 'channel', 1), (0, 'channel-reinit', 1), (0, 'refill', 1)]
     """
-    plan = imp.planned_runs(config)
+    plan = imp_planned_runs(config)
     for seed in config.seeds:
         for rnd in range(1, config.rounds + 1):
             plan += [(seed, kind, rnd) for kind in STRUCTURED_KINDS]
@@ -133,8 +135,8 @@ class _Structured:
 def run_seed(config: ReproConfig, data: DatasetSplits, out_dir: Path, seed: int, *,
              progress: Progress | None = None, backend: str = "prune") -> None:
     """The IMP experiment's runs of ``seed``, then its structured runs (see the module docstring); resumable."""
-    imp.run_seed(config, data, out_dir, seed, progress=progress, backend=backend)
-    run = imp._Seed(config, data, out_dir, seed, progress, backend)
+    imp_run_seed(config, data, out_dir, seed, progress=progress, backend=backend)
+    run = _Seed(config, data, out_dir, seed, progress, backend)
     st = _Structured(run, data.train.x[:1])
     model = run.new_model(seed)
     ticket = st.ticket(model)
