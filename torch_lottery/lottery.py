@@ -151,7 +151,8 @@ class LotteryTicket:
             sparsity=sparsity, rate=rate, rounds=rounds, scope=scope, rewind=rewind, layer_rates=layer_rates,
             layer_sparsity=layer_sparsity, criterion=name, restore=restore, seed=seed,
             snapshot_device=snapshot_device, backend=backend, granularity=granularity,  # type: ignore[arg-type]
-            importance=importance if isinstance(importance, str) else type(importance).__qualname__,
+            importance=importance if isinstance(importance, str)
+            else getattr(importance, "__qualname__", None) or type(importance).__qualname__,
         )
         _check_snapshot_dir(settings.snapshot_device, snapshot_dir)
         optimizer = check_optimizer(optimizer, "LotteryTicket()")
