@@ -7,6 +7,7 @@ and torch-pruning are optional extras imported where used.
 from .backends import BACKENDS, BakedBackend, MaskBackend, PruneBackend
 from .analysis import mask_distance, mask_overlap
 from .controls import fresh_init, random_masks_like
+from .densities import DENSITY_RULES, kept_counts, layer_densities
 from .lottery import LotteryTicket, per_round_rate
 from .scoring import CRITERIA
 from .selection import prune_lowest
@@ -21,6 +22,7 @@ __all__ = [
     "BACKENDS",
     "BakedBackend",
     "CRITERIA",
+    "DENSITY_RULES",
     "LotteryTicket",
     "MaskBackend",
     "PruneBackend",
@@ -31,6 +33,8 @@ __all__ = [
     "mask_distance",
     "mask_overlap",
     "fresh_init",
+    "kept_counts",
+    "layer_densities",
     "load_ticket",
     "per_round_rate",
     "prune_lowest",
