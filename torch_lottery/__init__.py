@@ -9,6 +9,7 @@ from .analysis import mask_distance, mask_overlap
 from .controls import fresh_init, random_masks_like
 from .densities import DENSITY_RULES, kept_counts, layer_densities
 from .lottery import LotteryTicket, per_round_rate
+from .init_pruning import ABLATIONS, INIT_METHODS, init_scores, prune_at_init
 from .scoring import CRITERIA
 from .selection import prune_lowest
 from .supermask import SupermaskTicket
@@ -19,10 +20,12 @@ from .ticket_io import export_plain, load_ticket
 from ._version import __version__
 
 __all__ = [
+    "ABLATIONS",
     "BACKENDS",
     "BakedBackend",
     "CRITERIA",
     "DENSITY_RULES",
+    "INIT_METHODS",
     "LotteryTicket",
     "MaskBackend",
     "PruneBackend",
@@ -33,10 +36,12 @@ __all__ = [
     "mask_distance",
     "mask_overlap",
     "fresh_init",
+    "init_scores",
     "kept_counts",
     "layer_densities",
     "load_ticket",
     "per_round_rate",
+    "prune_at_init",
     "prune_lowest",
     "random_masks_like",
     "read_ticket_info",
