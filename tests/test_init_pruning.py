@@ -215,6 +215,38 @@ def test_synflow_takes_its_input_shape_from_the_data():
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
+class Tied(nn.Module):
+    """An autoencoder whose decoder shares the encoder's weight (transposed use, one Parameter)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.enc = nn.Linear(6, 6)
+        self.dec = nn.Linear(6, 6)
+        self.dec.weight = self.enc.weight
+        self.head = nn.Linear(6, 3)
+
+    def forward(self, x):
+        return self.head(torch.relu(self.dec(torch.relu(self.enc(x)))))
+
+
+@pytest.mark.parametrize("method", ["snip", "grasp", "synflow"])
+def test_tied_weights_are_scored_as_one_tensor(method):
+    model = Tied()
+    before = state(model)
+    batch = data(features=6)
+    s = init_scores(model, method=method, inputs=batch)
+    assert list(s) == ["enc.weight", "head.weight"]
+    if method == "snip":  # the gradient of a tied weight sums both uses
+        reference = Tied()
+        F.cross_entropy(reference(batch[0]), batch[1]).backward()
+        assert torch.allclose(s["enc.weight"], (reference.enc.weight.grad * reference.enc.weight).abs(), atol=1e-7)
+    ticket = prune_at_init(model, method=method, sparsity=0.5, inputs=batch, iterations=2)
+    assert model.dec.weight_mask is model.enc.weight_mask or torch.equal(model.dec.weight_mask, model.enc.weight_mask)
+    assert sum(int(m.sum()) for m in ticket.masks.values()) == 27
+    assert torch.equal(model.enc.weight_orig, before[0]["enc.weight"])
+
+
 def test_layer_collapse_is_logged(caplog):
     model = nn.Sequential(nn.Linear(8, 40), nn.ReLU(), nn.Linear(40, 2))
     with torch.no_grad():

@@ -158,7 +158,7 @@ def _call(model: nn.Module, tensors: Mapping[str, Tensor], args: Any) -> Any:
 def _buffer_copies(model: nn.Module, *, synflow_dtype: Optional[torch.dtype] = None) -> dict[str, Tensor]:
     """Fresh copies of every buffer, so a forward in train mode updates the copies, not the model."""
     out = {}
-    for name, buf in model.named_buffers(remove_duplicate=False):
+    for name, buf in model.named_buffers():  # one name per shared buffer: functional_call ties the others
         if synflow_dtype is not None and buf.is_floating_point():
             out[name] = buf.detach().abs().to(synflow_dtype)
         else:
@@ -205,8 +205,9 @@ def _synflow_scores(
     device = next(iter(params.values())).device
     dtype = _synflow_dtype(device)
     tensors = _buffer_copies(model, synflow_dtype=dtype)
-    for name, p in model.named_parameters(remove_duplicate=False):
-        if p.is_floating_point():
+    targets = {id(p) for p in params.values()}
+    for name, p in model.named_parameters():  # one name per tied Parameter; targets under their own FQN
+        if p.is_floating_point() and id(p) not in targets:
             tensors[name] = p.detach().abs().to(dtype)
     leaves = {f: (p.detach().abs().to(dtype) * masks[f].to(device)).requires_grad_(True) for f, p in params.items()}
     tensors.update(leaves)
