@@ -18,6 +18,8 @@ from ..backends import check_backend
 from .config import ReproConfig, describe, make_config
 from .data import DatasetSplits
 from .imp import planned_runs, run_seed
+from .init_experiment import (InitConfig, add_init_arguments, describe_init, format_init_report, make_init_config,
+                              planned_init_runs, plot_init, run_init_seed, write_init_outputs)
 from .plots import plot_runs
 from .report import format_report, write_outputs
 from .runner import Progress, SeedRunner, run_seeds
@@ -128,6 +130,22 @@ EXPERIMENTS: dict[str, Experiment] = {
         write_outputs=structured_outputs,
         format_report=structured_report,
         add_arguments=structured_arguments,
+    ),
+    "init": Experiment(
+        name="init",
+        help="pruning at initialization (SNIP, GraSP, SynFlow, magnitude, random masks by density rule) against "
+             "IMP, from 52%% to 0.5%% of the weights, with layer collapse and the shuffle ablation",
+        config_type=InitConfig,
+        make_config=make_init_config,
+        options=("profile", "dataset", "model", "iterations", "seeds", "eval_every", "train_limit", "levels",
+                 "synflow_iterations", "shuffle_every"),
+        describe=describe_init,
+        planned_runs=planned_init_runs,
+        run_seed=run_init_seed,
+        write_outputs=write_init_outputs,
+        format_report=format_init_report,
+        plot=plot_init,
+        add_arguments=add_init_arguments,
     ),
 }
 """Experiment name -> :class:`Experiment`; ``"imp"`` is the default of :func:`run_experiment` and the CLI."""
