@@ -119,5 +119,6 @@ def test_inspect_on_unreadable_files_prints_one_clear_error_and_exits_2(kind, me
     captured = capsys.readouterr()
     assert captured.out == ""
     lines = captured.err.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith(f"torch-lottery inspect: error: read_ticket_info(): path={str(path)!r}")
+    assert len(lines) == 1
+    assert lines[0].startswith(f"torch-lottery inspect: error: read_ticket_info(): path={str(path)!r}")
     assert message in lines[0]

@@ -88,7 +88,8 @@ def test_every_dtype_round_trips_through_our_writer_and_safetensors_reader_and_b
             assert set(loaded) == set(tensors)
             for name, value in tensors.items():
                 assert loaded[name].dtype == dtype and loaded[name].shape == value.shape
-                assert torch.equal(loaded[name].reshape(-1).view(torch.uint8), value.reshape(-1).view(torch.uint8)), name
+                got, want = loaded[name].reshape(-1), value.reshape(-1)
+                assert torch.equal(got.view(torch.uint8), want.view(torch.uint8)), name
 
 
 def test_unsupported_dtype_is_refused_before_anything_is_written(tmp_path):

@@ -486,7 +486,9 @@ def _read_tensors(handle: IO[bytes], header: SafetensorsHeader, where: str, fn: 
         handle.seek(header.data_start + start)
         _read_into(handle, memoryview(raw.numpy()), f"tensor {name!r}", where, fn)
         if dtype == torch.bool and bool((raw > 1).any()):
-            raise ValueError(f"{fn}(): {where} has bool tensor {name!r} with bytes other than 0 and 1; the file is corrupt")
+            raise ValueError(
+                f"{fn}(): {where} has bool tensor {name!r} with bytes other than 0 and 1; the file is corrupt"
+            )
         out[name] = raw.view(dtype).reshape(entry["shape"])
     return out
 

@@ -15,12 +15,13 @@ import warnings
 from typing import Any, Iterator, Mapping, Union
 
 import torch
-from torch import Tensor, nn
+from torch import nn
 
 from ._version import __version__
 from .files import write_safetensors_streaming
 from .lottery import LotteryTicket
-from .targets import canonical_name, unwrap_model
+from .backends import effective_state_dict
+from .targets import unwrap_model
 from .ticket_file import _describe, _read_file, check_tensors_fit
 
 __all__ = ["SEED_FILE_WARNING", "export_plain", "load_ticket"]
@@ -194,8 +195,9 @@ def export_plain(
 ) -> None:
     """Write a pruned model as an ordinary safetensors state dict: zeros baked in, original key names.
 
-    No ``*_orig`` / ``*_mask`` keys are written, so ``safetensors.torch.load_model(fresh_model, path)``
-    loads the file into an unpruned instance of the same class. Tied weights are stored once, under the first
+    The values are :func:`torch_lottery.backends.effective_state_dict` (whatever the mask backend), written
+    one tensor at a time. No ``*_orig`` / ``*_mask`` keys are written, so
+    ``safetensors.torch.load_model(fresh_model, path)`` loads the file into an unpruned instance of the same class. Tied weights are stored once, under the first
     of their names in sorted order, with each other name recorded in the metadata (``{name: kept name}``) as
     safetensors' ``save_model`` does. The model is not modified; the write is atomic.
 
@@ -221,39 +223,7 @@ def export_plain(
         raise TypeError(f"{fn}(): model_or_ticket={_describe(model_or_ticket)} is neither an nn.Module nor a ticket")
     if metadata is not None and not all(isinstance(k, str) and isinstance(v, str) for k, v in metadata.items()):
         raise TypeError(f"{fn}(): metadata must map str to str; convert values with str() or json.dumps()")
-    state = model.state_dict(keep_vars=True)
-    modules = dict(model.named_modules(remove_duplicate=False))
-    plain: dict[str, Tensor] = {}
-    first_of: dict[tuple[Any, ...], tuple[str, Tensor]] = {}
-    for key, tensor in state.items():
-        prefix, _, local = key.rpartition(".")
-        module = modules[prefix]
-        name = canonical_name(module, local)
-        if name is None:  # prune's *_mask buffer
-            continue
-        fqn = f"{prefix}.{name}" if prefix else name
-        source = tensor.detach()
-        value = source
-        if name != local:  # *_orig: bake the mask in
-            mask = module._buffers[f"{name}_mask"]
-            value = torch.where(mask.to(torch.bool), source, torch.zeros((), dtype=source.dtype, device=source.device))
-        ident = (
-            source.device, source.untyped_storage().data_ptr(), source.storage_offset(),
-            tuple(source.shape), tuple(source.stride()), source.dtype,
-        )
-        if source.numel() and ident in first_of:
-            first_fqn, first_value = first_of[ident]
-            if not torch.equal(first_value, value.cpu()):
-                raise ValueError(
-                    f"{fn}(): tied tensors {first_fqn!r} and {fqn!r} differ after masking; a plain model holds "
-                    "them once, so mask every place of a tied weight alike (LotteryTicket does)"
-                )
-            plain[fqn] = first_value
-            continue
-        value = value.cpu().contiguous().clone()
-        if source.numel():
-            first_of[ident] = (fqn, value)
-        plain[fqn] = value
+    plain = effective_state_dict(model, fn=fn)  # canonical keys, masks applied; tied tensors are one object
     meta = {"format": "pt", "producer": f"torch_lottery {__version__} export_plain"}
     groups: dict[int, list[str]] = {}
     for fqn, value in plain.items():
