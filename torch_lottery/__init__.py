@@ -1,7 +1,8 @@
 """torch_lottery: find lottery tickets in any PyTorch model, inside any training loop.
 
-The core imports only torch (and safetensors for ticket files); torchvision, matplotlib, tqdm
-and torch-pruning are optional extras imported where used.
+The core imports only torch (ticket files are safetensors files, written and read by
+``torch_lottery.files``); torchvision, matplotlib, tqdm and torch-pruning are optional extras
+imported where used.
 """
 
 from .backends import BACKENDS, BakedBackend, MaskBackend, PruneBackend
