@@ -18,9 +18,9 @@ import torch
 from torch import nn
 
 from ._version import __version__
+from .backends import effective_state_dict
 from .files import write_safetensors_streaming
 from .lottery import LotteryTicket
-from .backends import effective_state_dict
 from .targets import unwrap_model
 from .ticket_file import _describe, _read_file, check_tensors_fit
 
