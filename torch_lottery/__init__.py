@@ -7,6 +7,7 @@ imported where used.
 
 from .backends import BACKENDS, BakedBackend, MaskBackend, PruneBackend
 from .analysis import mask_distance, mask_overlap
+from .connectivity import InstabilityResult, instability, interpolate, spawn_copies
 from .controls import fresh_init, random_masks_like
 from .densities import DENSITY_RULES, kept_counts, layer_densities
 from .lottery import LotteryTicket, per_round_rate
@@ -27,6 +28,7 @@ __all__ = [
     "CRITERIA",
     "DENSITY_RULES",
     "INIT_METHODS",
+    "InstabilityResult",
     "LotteryTicket",
     "MaskBackend",
     "PruneBackend",
@@ -34,6 +36,8 @@ __all__ = [
     "__version__",
     "export_plain",
     "find_targets",
+    "instability",
+    "interpolate",
     "mask_distance",
     "mask_overlap",
     "fresh_init",
@@ -50,4 +54,5 @@ __all__ = [
     "SupermaskTicket",
     "load_supermask",
     "save_supermask",
+    "spawn_copies",
 ]
