@@ -12,6 +12,7 @@ from .controls import fresh_init, random_masks_like
 from .densities import DENSITY_RULES, kept_counts, layer_densities
 from .lottery import LotteryTicket, per_round_rate
 from .init_pruning import ABLATIONS, INIT_METHODS, init_scores, prune_at_init
+from .planted import PlantedTicket, plant
 from .scoring import CRITERIA
 from .selection import prune_lowest
 from .supermask import SupermaskTicket
@@ -31,6 +32,7 @@ __all__ = [
     "InstabilityResult",
     "LotteryTicket",
     "MaskBackend",
+    "PlantedTicket",
     "PruneBackend",
     "Target",
     "__version__",
@@ -47,6 +49,7 @@ __all__ = [
     "load_ticket",
     "per_round_rate",
     "prune_at_init",
+    "plant",
     "prune_lowest",
     "random_masks_like",
     "read_ticket_info",
