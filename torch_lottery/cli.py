@@ -249,7 +249,8 @@ def _cmd_reproduce(args: argparse.Namespace) -> int:
         print("  NOTE: reduced budget (not the paper's); numbers are indicative. Use --full for the paper's budget.")
     try:
         data = load_dataset(config.dataset, root=args.data_dir, download=args.download,
-                            validation_size=config.validation_size, train_limit=config.train_limit)
+                            validation_size=config.validation_size,
+                            train_limit=config.train_limit) if experiment.needs_data else None
     except (RuntimeError, OSError, ValueError) as exc:
         print(f"torch-lottery reproduce: error: {exc}", file=sys.stderr)
         return 2

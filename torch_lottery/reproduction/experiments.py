@@ -22,6 +22,14 @@ from .init_experiment import (InitConfig, add_init_arguments, describe_init, for
                               planned_init_runs, plot_init, run_init_seed, write_init_outputs)
 from .plots import plot_runs
 from .report import format_report, write_outputs
+from .planting import PlantedConfig
+from .planting import describe as planted_describe, format_report as planted_report
+from .planting import make_config as planted_config, planned_runs as planted_runs, run_seed as planted_seed
+from .planting import write_outputs as planted_outputs
+from .stability import StabilityConfig, add_arguments as stability_arguments
+from .stability import describe as stability_describe, format_report as stability_report
+from .stability import make_config as stability_config, planned_runs as stability_runs, plot as stability_plot
+from .stability import run_seed as stability_seed, write_outputs as stability_outputs
 from .runner import Progress, SeedRunner, run_seeds
 from .strong import (
     StrongConfig,
@@ -69,6 +77,8 @@ class Experiment:
         format_report: ``(runs, configuration) -> text`` printed at the end.
         plot: ``(runs, configuration, out_dir) -> {name: path}`` of the figures, or ``None``.
         add_arguments: adds the experiment's own flags to the ``reproduce`` parser, or ``None``.
+        needs_data: whether the command line loads ``config.dataset`` for it (``False``: the
+            experiment makes its own data and receives ``None``).
     """
 
     name: str
@@ -83,6 +93,7 @@ class Experiment:
     format_report: Callable[[Runs, Any], str]
     plot: Optional[Callable[[Runs, Any, PathLike], dict[str, Path]]] = None
     add_arguments: Optional[Callable[[argparse.ArgumentParser], None]] = None
+    needs_data: bool = True
 
 
 EXPERIMENTS: dict[str, Experiment] = {
@@ -146,6 +157,35 @@ EXPERIMENTS: dict[str, Experiment] = {
         format_report=format_init_report,
         plot=plot_init,
         add_arguments=add_init_arguments,
+    ),
+    "stability": Experiment(
+        name="stability",
+        help="instability (linear mode connectivity) of the dense network and of IMP tickets for rewind "
+             "points k (Frankle et al. 2020)",
+        config_type=StabilityConfig,
+        make_config=stability_config,
+        options=("profile", "dataset", "model", "iterations", "seeds", "train_limit", "rewind_points", "remaining",
+                 "points"),
+        describe=stability_describe,
+        planned_runs=stability_runs,
+        run_seed=stability_seed,
+        write_outputs=stability_outputs,
+        format_report=stability_report,
+        plot=stability_plot,
+        add_arguments=stability_arguments,
+    ),
+    "planted": Experiment(
+        name="planted",
+        help="how much of a planted ticket (Plant 'n' Seek) IMP, one-shot and init pruning recover, by sparsity",
+        config_type=PlantedConfig,
+        make_config=planted_config,
+        options=("profile", "iterations", "seeds"),
+        describe=planted_describe,
+        planned_runs=planted_runs,
+        run_seed=planted_seed,
+        write_outputs=planted_outputs,
+        format_report=planted_report,
+        needs_data=False,
     ),
 }
 """Experiment name -> :class:`Experiment`; ``"imp"`` is the default of :func:`run_experiment` and the CLI."""
