@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from typing import Mapping, Sequence
 
+import torch
 from torch import Tensor
 
 from .backends import MaskBackend
 from .targets import Target
 
-__all__ = ["Undo", "install_masks_", "restore_masks_"]
+__all__ = ["Undo", "check_no_regrowth", "install_masks_", "restore_masks_"]
 
 #: What :func:`restore_masks_` needs to put masks back: per target, whether it was masked and its mask.
 Undo = list[tuple[Target, bool, Tensor]]
@@ -43,3 +44,19 @@ def restore_masks_(backend: MaskBackend, previous: Undo) -> None:
         else:
             backend.unapply_(t)
     backend.commit_()
+
+
+def check_no_regrowth(backend: MaskBackend, targets: Sequence[Target], masks: Mapping[str, Tensor], fn: str) -> None:
+    """Refuse ``masks`` that keep entries the masks in force have pruned (pruning never regrows).
+
+    Raises:
+        ValueError: naming ``fn``, the first such target and how many entries would regrow.
+    """
+    for t in targets:
+        current = backend.mask(t)
+        regrow = int(torch.count_nonzero(masks[t.fqn].to(current.device) & ~current))
+        if regrow:
+            raise ValueError(
+                f"{fn}: pinned masks[{t.fqn!r}] keeps {regrow} entries that are pruned now; pin a subset of "
+                "the masks in force (ticket.masks). Nothing was changed."
+            )

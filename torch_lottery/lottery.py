@@ -14,7 +14,7 @@ from torch import Tensor, nn
 from .backends import MaskBackend, make_backend
 from .controls import fresh_init
 from .rewind import RewindPoint, check_optimizer, check_scheduler, check_fits, write_tensors_
-from .installing import Undo, install_masks_, restore_masks_
+from .installing import Undo, check_no_regrowth, install_masks_, restore_masks_
 from .pruning import broadcast_masks, next_masks, score_weights
 from .schedule import per_round_rate
 from .scoring import Criterion, get_criterion
@@ -181,6 +181,7 @@ class LotteryTicket:
         self._history: list[dict[str, Any]] = []
         self._active = False
         self._removed = False
+        self._pinned: Optional[dict[str, Tensor]] = None
 
     # ------------------------------------------------------------------ read-only views
     model = property(lambda self: self._model, doc="The model being pruned (wrappers looked through).")
@@ -272,6 +273,16 @@ class LotteryTicket:
     def rewind_weights(self) -> dict[str, Tensor]:
         """The snapshot a rewind restores (theta_0 or theta_k), FQN -> tensor; empty before entry."""
         return dict(self._point.tensors or {})
+
+    @property
+    def removed(self) -> bool:
+        """Whether :meth:`remove_` made the pruning permanent (the ticket prunes no more)."""
+        return self._removed
+
+    @property
+    def pinned_masks(self) -> Optional[dict[str, Tensor]]:
+        """The masks :meth:`pin_masks_` fixed for the next prune, or ``None``."""
+        return None if self._pinned is None else dict(self._pinned)
 
     @property
     def done(self) -> bool:
@@ -379,7 +390,7 @@ class LotteryTicket:
 
     def _apply_round(self) -> dict[str, Tensor]:
         """Prune and rewind as one step: if the rewind fails, the masks and the count are put back."""
-        new = self.compute_masks()
+        new = self._next_masks("end_round_")
         previous = self._install_masks_(new)
         self._round += 1
         self._history.append(round_record(self._round, new))
@@ -391,6 +402,7 @@ class LotteryTicket:
             self._history.pop()
             self._restore_masks_(previous)
             raise
+        self._pinned = None
         self._log_round()
         return new
 
@@ -446,12 +458,47 @@ class LotteryTicket:
             The new masks, FQN -> bool tensor.
         """
         self._check_can_prune("prune_")
-        new = self.compute_masks()
+        new = self._next_masks("prune_")
         self._install_masks_(new)
+        self._pinned = None
         self._round += 1
         self._history.append(round_record(self._round, new))
         self._log_round()
         return new
+
+    def pin_masks_(self, masks: Optional[Mapping[str, Tensor]]) -> None:
+        """Make the next prune (:meth:`end_round_`, leaving the block, or :meth:`prune_`) install exactly ``masks``.
+
+        The pruning half of the next round then skips :meth:`compute_masks` and installs these
+        masks as given, so a mask decided earlier in the round (an early-bird ticket, see
+        :class:`torch_lottery.EarlyBird`) is the one pruned, not one recomputed from the weights
+        at the end of training. The pin is used once; ``pin_masks_(None)`` drops it. An aborted
+        round keeps it. It is not part of :meth:`state_dict`. Nothing in the model changes until
+        the prune.
+
+        Args:
+            masks: FQN -> bool tensor for every target, each a subset of the mask now in force
+                (pruning never regrows), or ``None`` to drop the pin.
+
+        Raises:
+            ValueError: missing or unknown FQNs, wrong shapes, or entries that are pruned now
+                but kept in ``masks``; TypeError: non-bool masks. The pin is left as it was.
+            RuntimeError: the rounds are done, or :meth:`remove_` was called.
+        """
+        if masks is None:
+            self._pinned = None
+            return
+        self._check_can_prune("pin_masks_")
+        pinned = {k: m.detach().clone() for k, m in check_masks(masks, self._targets, "LotteryTicket.pin_masks_()").items()}
+        check_no_regrowth(self._backend, self._targets, pinned, "LotteryTicket.pin_masks_()")
+        self._pinned = pinned
+
+    def _next_masks(self, where: str) -> dict[str, Tensor]:
+        """The pinned masks (checked again: the masks in force may have changed) or :meth:`compute_masks`."""
+        if self._pinned is None:
+            return self.compute_masks()
+        check_no_regrowth(self._backend, self._targets, self._pinned, f"LotteryTicket.{where}()")
+        return dict(self._pinned)
 
     def _install_masks_(self, masks: Mapping[str, Tensor]) -> Undo:
         return install_masks_(self._backend, self._targets, masks)
