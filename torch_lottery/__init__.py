@@ -10,6 +10,7 @@ from .analysis import mask_distance, mask_overlap
 from .connectivity import InstabilityResult, instability, interpolate, spawn_copies
 from .controls import fresh_init, random_masks_like
 from .densities import DENSITY_RULES, kept_counts, layer_densities
+from .early_bird import EarlyBird
 from .lottery import LotteryTicket, per_round_rate
 from .init_pruning import ABLATIONS, INIT_METHODS, init_scores, prune_at_init
 from .planted import PlantedTicket, plant
@@ -30,6 +31,7 @@ __all__ = [
     "DENSITY_RULES",
     "INIT_METHODS",
     "InstabilityResult",
+    "EarlyBird",
     "LotteryTicket",
     "MaskBackend",
     "PlantedTicket",
