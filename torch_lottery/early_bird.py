@@ -203,10 +203,15 @@ class EarlyBird:
         """
         return self.ticket.compute_masks()
 
-    def _distance(self, new: dict[str, Tensor], old: dict[str, Tensor], alive: dict[str, Tensor]) -> float:
-        """Normalized Hamming distance over the entries alive in this round (see the module docstring)."""
-        unpacked = {k: unpack_bits(old[k], self._shapes[k]) for k in old}
-        return mask_distance({k: new[k][alive[k]] for k in new}, {k: unpacked[k][alive[k]] for k in new})
+    def _distance(self, new: dict[str, Tensor], old: dict[str, Tensor], alive: int) -> float:
+        """Normalized Hamming distance over the ``alive`` entries of this round (see the module docstring).
+
+        Candidates are subsets of the masks in force, so they can differ only on alive entries:
+        the count of differing entries is ``mask_distance`` of the full masks times their size.
+        """
+        full = mask_distance(new, {k: unpack_bits(old[k], self._shapes[k]) for k in old})
+        differ = round(full * sum(m.numel() for m in new.values()))  # exact: full is differ / numel
+        return differ / alive if alive else 0.0
 
     def update(self) -> bool:
         """Draw the mask the ticket would prune now and report whether the early bird has emerged.
@@ -229,7 +234,7 @@ class EarlyBird:
             self._finish_round()
             self._start_round(ticket.round)
         new = self.candidate_masks()
-        alive = ticket.masks
+        alive = sum(int(torch.count_nonzero(m)) for m in ticket.masks.values())
         if not self._shapes:
             self._shapes = {k: tuple(m.shape) for k, m in new.items()}
         dists = [self._distance(new, old, alive) for old in self._stored]
