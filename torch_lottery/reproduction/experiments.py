@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, Callable, Mapping, Optional, Sequence, Union
 
 from ..backends import check_backend
+from . import dropout, early_bird, rewinding
 from .config import ReproConfig, describe, make_config
 from .data import DatasetSplits
 from .imp import planned_runs, run_seed
@@ -125,6 +126,52 @@ EXPERIMENTS: dict[str, Experiment] = {
         write_outputs=strong_outputs,
         format_report=strong_report,
         plot=strong_plot,
+    "early-bird": Experiment(
+        name="early-bird",
+        help="IMP whose rounds stop when EarlyBird fires (You et al. 2020) against full IMP: training compute "
+             "and accuracy of the ~10%-weights ticket",
+        config_type=early_bird.EarlyBirdConfig,
+        make_config=early_bird.make_config,
+        options=("profile", "dataset", "model", "iterations", "rounds", "seeds", "eval_every", "train_limit",
+                 "epsilon", "window"),
+        describe=early_bird.describe,
+        planned_runs=early_bird.planned_runs,
+        run_seed=early_bird.run_seed,
+        write_outputs=early_bird.write_outputs,
+        format_report=early_bird.format_report,
+        plot=early_bird.plot,
+        add_arguments=early_bird.add_arguments,
+    ),
+    "rewinding": Experiment(
+        name="rewinding",
+        help="weight rewinding to theta_0 and theta_k, learning-rate rewinding and fine-tuning over the IMP "
+             "rounds, under a step schedule (Renda et al. 2020)",
+        config_type=rewinding.RewindingConfig,
+        make_config=rewinding.make_config,
+        options=("profile", "dataset", "model", "iterations", "rounds", "seeds", "eval_every", "train_limit",
+                 "rewind_step"),
+        describe=rewinding.describe,
+        planned_runs=rewinding.planned_runs,
+        run_seed=rewinding.run_seed,
+        write_outputs=rewinding.write_outputs,
+        format_report=rewinding.format_report,
+        plot=rewinding.plot,
+        add_arguments=rewinding.add_arguments,
+    ),
+    "dropout": Experiment(
+        name="dropout",
+        help="IMP of LeNet-300-100 with and without dropout: early-stop iteration and accuracy of the tickets",
+        config_type=dropout.DropoutConfig,
+        make_config=dropout.make_config,
+        options=("profile", "dataset", "model", "iterations", "rounds", "seeds", "eval_every", "train_limit",
+                 "dropout"),
+        describe=dropout.describe,
+        planned_runs=dropout.planned_runs,
+        run_seed=dropout.run_seed,
+        write_outputs=dropout.write_outputs,
+        format_report=dropout.format_report,
+        plot=dropout.plot,
+        add_arguments=dropout.add_arguments,
     ),
     "structured": Experiment(
         name="structured",

@@ -36,25 +36,34 @@ class LeNet300100(nn.Module):
     Args:
         input_shape: ``(C, H, W)`` of one image; ``(1, 28, 28)`` gives the paper's 784 inputs.
         num_classes: outputs of ``fc3``, the output layer.
+        dropout: probability of dropping each hidden activation (after ``fc1`` and ``fc2``) in
+            training; 0 (the paper's LeNet) adds no dropout layers.
 
     Example:
         >>> LeNet300100()(torch.zeros(2, 1, 28, 28)).shape
         torch.Size([2, 10])
     """
 
-    def __init__(self, *, input_shape: Sequence[int] = (1, 28, 28), num_classes: int = 10) -> None:
+    def __init__(self, *, input_shape: Sequence[int] = (1, 28, 28), num_classes: int = 10, dropout: float = 0.0) -> None:
         super().__init__()
+        if not 0.0 <= dropout < 1.0:
+            raise ValueError(f"LeNet300100(): dropout={dropout!r} is outside [0, 1); pass a probability such as 0.5")
         n_in = 1
         for d in input_shape:
             n_in *= int(d)
         self.fc1 = nn.Linear(n_in, 300)
         self.fc2 = nn.Linear(300, 100)
         self.fc3 = nn.Linear(100, num_classes)
+        self.dropout = nn.Dropout(dropout) if dropout else None
 
     def forward(self, x: Tensor) -> Tensor:
         x = torch.flatten(x, 1)
         x = torch.relu(self.fc1(x))
+        if self.dropout is not None:
+            x = self.dropout(x)
         x = torch.relu(self.fc2(x))
+        if self.dropout is not None:
+            x = self.dropout(x)
         return self.fc3(x)
 
 
@@ -137,14 +146,16 @@ MODELS: tuple[str, ...] = tuple(PAPER_SETTINGS)
 
 
 def build_model(
-    name: str, *, input_shape: Sequence[int] = (1, 28, 28), num_classes: int = 10, seed: int | None = None
+    name: str, *, input_shape: Sequence[int] = (1, 28, 28), num_classes: int = 10, seed: int | None = None,
+    dropout: float = 0.0,
 ) -> nn.Module:
     """Build ``name`` (one of :data:`MODELS`), initialized under ``seed`` if given (PyTorch's default init).
 
-    The global RNG state is left as it was when ``seed`` is given.
+    The global RNG state is left as it was when ``seed`` is given. ``dropout`` (LeNet only) adds
+    dropout after each hidden layer; it has no parameters, so theta_0 is the same with or without it.
 
     Raises:
-        ValueError: unknown ``name``.
+        ValueError: unknown ``name``, or ``dropout`` for a model other than ``"lenet"``.
 
     Example:
         >>> a, b = build_model("lenet", seed=3), build_model("lenet", seed=3)
@@ -153,10 +164,12 @@ def build_model(
     """
     if name not in PAPER_SETTINGS:
         raise ValueError(f"build_model(): name={name!r} is not a known model; use one of {list(MODELS)}")
+    if dropout and name != "lenet":
+        raise ValueError(f"build_model(): dropout={dropout!r} is only built into 'lenet', not {name!r}; use model='lenet'")
 
     def make() -> nn.Module:
         if name == "lenet":
-            return LeNet300100(input_shape=input_shape, num_classes=num_classes)
+            return LeNet300100(input_shape=input_shape, num_classes=num_classes, dropout=dropout)
         return ConvNet(depth=int(name[-1]), input_shape=input_shape, num_classes=num_classes)
 
     if seed is None:

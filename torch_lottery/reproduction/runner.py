@@ -95,6 +95,8 @@ def train_run(
     progress: Progress | None = None,
     parameters: Iterable[Tensor] | None = None,
     optimizer: Callable[[list[Tensor]], torch.optim.Optimizer] | None = None,
+    scheduler: Any = None,
+    stop: Callable[[int], bool] | None = None,
 ) -> dict[str, Any]:
     """Train ``model`` with Adam for ``iterations`` minibatches, tracking the early-stop point.
 
@@ -106,12 +108,15 @@ def train_run(
     ``parameters`` (default ``model.parameters()``) are the tensors trained; tensors given here
     that are not in ``model.state_dict()`` (a supermask's scores) are kept at the early-stop point
     and restored with the model's state. ``optimizer`` builds the optimizer from them (default
-    ``Adam(lr=lr)``).
+    ``Adam(lr=lr)``; return an optimizer kept by the caller to carry its state across runs).
+    ``scheduler``, an LR scheduler, is stepped after every optimizer step. ``stop`` is called after
+    each validation but the last with the iteration; returning ``True`` ends training there (an
+    early-bird search stops when its ticket has emerged).
 
     Returns:
         dict with ``early_stop_iteration``, ``early_stop_val_loss``, ``val_acc_early_stop``,
         ``test_acc_early_stop``, ``test_acc_end``, ``val_loss_end``, ``curve`` (list of
-        ``[iteration, val_loss, val_acc]``) and ``seconds``.
+        ``[iteration, val_loss, val_acc]``), ``iterations_trained`` and ``seconds``.
     """
     start_time = time.perf_counter()
     generator = torch.Generator().manual_seed(seed)
@@ -126,7 +131,7 @@ def train_run(
     best_extra: list[Tensor] = []
     curve: list[list[float]] = []
     model.train()
-    since_report = 0
+    since_report, trained = 0, 0
     for it in range(1, iterations + 1):
         if pos + batch_size > n:
             perm, pos = torch.randperm(n, generator=generator), 0
@@ -136,7 +141,10 @@ def train_run(
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
+        if scheduler is not None:
+            scheduler.step()
         since_report += 1
+        trained = it
         if it % eval_every == 0 or it == iterations:
             val_loss, val_acc = evaluate(model, data.val)
             curve.append([it, val_loss, val_acc])
@@ -147,6 +155,8 @@ def train_run(
             if progress is not None:
                 progress(since_report)
             since_report = 0
+            if stop is not None and it < iterations and stop(it):
+                break
     _, test_acc_end = evaluate(model, data.test)
     end_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
     end_extra = [p.detach().clone() for p in extra]
@@ -162,6 +172,7 @@ def train_run(
         "test_acc_end": test_acc_end,
         "val_loss_end": curve[-1][1],
         "curve": curve,
+        "iterations_trained": trained,
         "seconds": time.perf_counter() - start_time,
     }
 
