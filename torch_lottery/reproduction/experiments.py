@@ -15,7 +15,10 @@ from pathlib import Path
 from typing import Any, Callable, Mapping, Optional, Sequence, Union
 
 from ..backends import check_backend
-from . import dropout, early_bird, rewinding
+import torch_lottery.reproduction.dropout as dropout
+import torch_lottery.reproduction.early_bird as early_bird
+import torch_lottery.reproduction.rewinding as rewinding
+
 from .config import ReproConfig, describe, make_config
 from .data import DatasetSplits
 from .imp import planned_runs, run_seed
