@@ -129,6 +129,7 @@ EXPERIMENTS: dict[str, Experiment] = {
         write_outputs=strong_outputs,
         format_report=strong_report,
         plot=strong_plot,
+    ),
     "early-bird": Experiment(
         name="early-bird",
         help="IMP whose rounds stop when EarlyBird fires (You et al. 2020) against full IMP: training compute "
