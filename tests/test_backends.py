@@ -110,7 +110,7 @@ def test_weight_reads_effective_values_not_the_stale_attribute():
     assert torch.equal(model.weight, torch.tensor([[1.0, 0.0], [0.0, 4.0]]))  # prune's attribute is stale
 
 
-def test_state_keys_are_prunes_orig_and_mask_names_for_every_tied_place():
+def test_state_keys_stay_plain_for_every_tied_place_and_load_into_an_unpruned_model():
     class Tied(nn.Module):
         def __init__(self) -> None:
             super().__init__()
@@ -123,8 +123,13 @@ def test_state_keys_are_prunes_orig_and_mask_names_for_every_tied_place():
     backend = PruneBackend(model)
     assert backend.state_keys(target) == ["a.weight", "b.weight"]
     backend.apply_(target, torch.eye(3, dtype=torch.bool))
-    assert backend.state_keys(target) == ["a.weight_orig", "a.weight_mask", "b.weight_orig", "b.weight_mask"]
+    assert backend.state_keys(target) == ["a.weight", "b.weight"]
     assert set(model.state_dict()) == {"a.bias", "b.bias", *backend.state_keys(target)}
+    assert prune.is_pruned(model) and hasattr(model.a, "weight_orig")  # the reparametrization is prune's
+    fresh = Tied()
+    fresh.load_state_dict(model.state_dict(), strict=True)
+    assert torch.equal(fresh.a.weight, model.a.weight_orig.detach() * torch.eye(3))
+    assert fresh.a.weight is fresh.b.weight
 
 
 # -- effective_state_dict: the plain state dict of a pruned model --------------------------------

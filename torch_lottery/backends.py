@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import abc
+import logging
 import functools
 import weakref
-from typing import Any, Callable, ClassVar
+from typing import Any, Callable, ClassVar, Iterator
 
 import torch
 from torch import Tensor, nn
@@ -22,11 +23,25 @@ __all__ = [
     "check_backend",
     "effective_state_dict",
     "make_backend",
+    "state_sources",
 ]
+
+logger = logging.getLogger(__name__)
 
 # Layers whose forward reads their children's weights directly, without calling the children's
 # forward (so the children's prune hooks would not refresh the masked weight first).
 _DIRECT_READERS = (nn.MultiheadAttention, nn.TransformerEncoderLayer, nn.TransformerDecoderLayer)
+
+
+def _direct_readers(model: nn.Module, module_name: str) -> list[tuple[str, nn.Module]]:
+    """``(path from the reader to module_name, reader)`` for each enclosing layer of ``_DIRECT_READERS``."""
+    parts = module_name.split(".") if module_name else []
+    found = []
+    for i in range(len(parts) + 1):
+        module = get_place(model, ".".join(parts[:i]))
+        if isinstance(module, _DIRECT_READERS):
+            found.append((".".join(parts[i:]), module))
+    return found
 
 
 class MaskBackend(abc.ABC):
@@ -65,9 +80,13 @@ class MaskBackend(abc.ABC):
       left. Later training may move those entries. :meth:`unapply_` and :meth:`remove_` do
       nothing on an unmasked target.
     * **State dict keys.** :meth:`state_keys` names the model's ``state_dict`` keys that hold a
-      target: ``<place>_orig`` and ``<place>_mask`` per place under ``"prune"``, the plain
-      ``<place>`` names under the baked backends. Loading a masked model's ``state_dict`` into a
-      model with the same masks installed gives the same effective weights.
+      target: the plain ``<place>`` names, holding the effective weight (zeros where pruned), so
+      the ``state_dict`` loads with ``strict=True`` into an unpruned model. Loading a masked
+      model's ``state_dict`` into a model with the same masks installed gives the same effective
+      weights; loading dense values into a masked model keeps the masks in force.
+    * **Copies.** ``copy.deepcopy``, pickle and ``torch.save(model)`` of a masked model work; the
+      copy's forward and training never touch the original, and the copy keeps pruned entries
+      at zero in its forward.
 
     Attributes:
         name: the registry name (``LotteryTicket(backend=...)``), saved in ticket configs.
@@ -134,6 +153,15 @@ class PruneBackend(MaskBackend):
     Tied weights get one ``_orig`` Parameter and one mask tensor shared by every place. Layers
     that read a child's weight without calling the child (MultiheadAttention's ``out_proj``,
     the fast paths of ``nn.TransformerEncoderLayer``) get an extra pre-hook that refreshes it.
+
+    Checkpoints stay plain: each masked module gets ``state_dict`` hooks, so ``model.state_dict()``
+    holds ``<name>`` = ``<name>_orig * <name>_mask`` (exactly zero where pruned) and no ``*_orig`` /
+    ``*_mask`` keys; it loads with ``strict=True`` into an unpruned instance of the class.
+    ``load_state_dict`` accepts that plain form (the value goes into ``<name>_orig``, the installed
+    mask stays in force) and prune's own ``*_orig`` / ``*_mask`` form, whose mask must equal the
+    installed one (``ValueError`` otherwise: load the ticket's state first). The masks themselves
+    travel in the ticket's own state (``ticket.state_dict()``, ticket files), never in the
+    model's. ``copy.deepcopy``, pickle and ``torch.save(model)`` work, also after a forward pass.
     """
 
     name = "prune"
@@ -142,6 +170,7 @@ class PruneBackend(MaskBackend):
         super().__init__(model)
         self._reader_hooks: dict[int, tuple[torch.utils.hooks.RemovableHandle, list[Target]]] = {}
         self._param_order: dict[int, list[str]] = {}  # key order before the first mask, for unapply_
+        self._state_hooks: dict[tuple[int, str], list[torch.utils.hooks.RemovableHandle]] = {}
 
     def _hook(self, module: nn.Module, name: str) -> prune.BasePruningMethod | None:
         for hook in module._forward_pre_hooks.values():
@@ -177,8 +206,28 @@ class PruneBackend(MaskBackend):
             if self._hook(module, name) is None:
                 prune.custom_from_mask(module, name, mask.to(shared.device))
             module._buffers[name + "_mask"] = shared
+        for module_name, name in target.places():
+            self._hook_state(get_place(self.model, module_name), name)
         self._watch_readers(target)
         self.refresh_(target)
+
+    def _hook_state(self, module: nn.Module, name: str) -> None:
+        """Plain ``state_dict`` keys for a masked tensor; copies and pickles that keep working."""
+        key = (id(module), name)
+        if key in self._state_hooks:
+            return
+        self._state_hooks[key] = [
+            module.register_state_dict_post_hook(functools.partial(_plain_state_dict_, name)),
+            module.register_load_state_dict_pre_hook(functools.partial(_load_plain_state_, name)),
+            module.register_load_state_dict_post_hook(functools.partial(_refresh_after_load, name)),
+        ]
+        module.__dict__["__getstate__"] = functools.partial(_getstate_leaf_weights, module)
+
+    def _unhook_state(self, module: nn.Module, name: str) -> None:
+        for handle in self._state_hooks.pop((id(module), name), ()):
+            handle.remove()
+        if not any(k[0] == id(module) for k in self._state_hooks):
+            module.__dict__.pop("__getstate__", None)
 
     def unapply_(self, target: Target) -> None:
         for module_name, name in target.places():
@@ -196,6 +245,7 @@ class PruneBackend(MaskBackend):
             del module._buffers[name + "_mask"]
             module.register_parameter(name, orig)
             self._restore_order(module)
+            self._unhook_state(module, name)
         self._unwatch_readers(target)
 
     def _restore_order(self, module: nn.Module) -> None:
@@ -234,25 +284,15 @@ class PruneBackend(MaskBackend):
             module = get_place(self.model, module_name)
             if self._hook(module, name) is not None:
                 prune.remove(module, name)
+            self._unhook_state(module, name)
         self._unwatch_readers(target)
-
-    def state_keys(self, target: Target) -> list[str]:
-        keys = []
-        for module_name, name in target.places():
-            if self._hook(get_place(self.model, module_name), name) is None:
-                keys.append(_join(module_name, name))
-            else:
-                keys += [_join(module_name, name + "_orig"), _join(module_name, name + "_mask")]
-        return keys
 
     # -- layers that read their children's weights directly ------------------------------
     def _readers(self, target: Target) -> list[nn.Module]:
         found = []
         for module_name, _name in target.places():
-            parts = module_name.split(".") if module_name else []
-            for i in range(len(parts) + 1):
-                module = get_place(self.model, ".".join(parts[:i]))
-                if isinstance(module, _DIRECT_READERS) and module not in found:
+            for _, module in _direct_readers(self.model, module_name):
+                if module not in found:
                     found.append(module)
         return found
 
@@ -260,14 +300,10 @@ class PruneBackend(MaskBackend):
         for reader in self._readers(target):
             entry = self._reader_hooks.get(id(reader))
             if entry is None:
-                watched: list[Target] = []
-
-                def refresh(_module: nn.Module, _inputs: object, watched: list[Target] = watched) -> None:
-                    for t in watched:
-                        self.refresh_(t)
-
-                handle = reader.register_forward_pre_hook(refresh)
-                entry = self._reader_hooks[id(reader)] = (handle, watched)
+                # a module-level function of the reader alone: copies and pickles of the model
+                # refresh their own children, never this backend's model
+                handle = reader.register_forward_pre_hook(_refresh_pruned_children)
+                entry = self._reader_hooks[id(reader)] = (handle, [])
             if target not in entry[1]:
                 entry[1].append(target)
 
@@ -278,6 +314,87 @@ class PruneBackend(MaskBackend):
             if not watched:
                 handle.remove()
                 del self._reader_hooks[key]
+
+
+# -- PruneBackend's hooks: module-level callables, so that copies and pickles of the model work --
+def _is_reparametrized(module: nn.Module, name: str) -> bool:
+    return name + "_orig" in module._parameters and name + "_mask" in module._buffers
+
+
+def _plain_state_dict_(name: str, module: nn.Module, state_dict: dict, prefix: str, _metadata: Any) -> None:
+    """``state_dict`` post-hook: replace ``<name>_orig`` + ``<name>_mask`` by ``<name>`` = masked value."""
+    orig_key, mask_key = prefix + name + "_orig", prefix + name + "_mask"
+    if orig_key not in state_dict or mask_key not in state_dict:
+        return  # no longer reparametrized (prune.remove() called directly): nothing to rewrite
+    orig = state_dict.pop(orig_key).detach()
+    mask = state_dict.pop(mask_key)
+    state_dict[prefix + name] = torch.where(
+        mask.to(device=orig.device, dtype=torch.bool), orig, torch.zeros((), dtype=orig.dtype, device=orig.device)
+    )
+
+
+def _load_plain_state_(
+    name: str, module: nn.Module, state_dict: dict, prefix: str, _metadata: Any, _strict: bool,
+    _missing: list, _unexpected: list, _errors: list,
+) -> None:
+    """``load_state_dict`` pre-hook: accept ``<name>`` (into ``<name>_orig``, mask kept) or prune's form."""
+    if not _is_reparametrized(module, name):
+        return
+    key, orig_key, mask_key = prefix + name, prefix + name + "_orig", prefix + name + "_mask"
+    mask = module._buffers[name + "_mask"]
+    if key in state_dict:
+        if orig_key in state_dict:
+            raise ValueError(
+                f"load_state_dict(): the state dict holds both {key!r} and {orig_key!r}; "
+                f"keep one form (the plain {key!r} that state_dict() writes)"
+            )
+        state_dict[orig_key] = state_dict.pop(key)
+        state_dict[mask_key] = mask  # the installed mask stays in force
+        return
+    saved = state_dict.get(mask_key)
+    if isinstance(saved, Tensor) and tuple(saved.shape) == tuple(mask.shape):
+        if not torch.equal(saved.detach().to(device=mask.device, dtype=torch.bool), mask.to(torch.bool)):
+            raise ValueError(
+                f"load_state_dict(): {mask_key!r} in the state dict differs from the mask installed on "
+                f"{key!r} ({int((saved != 0).sum())} vs {int((mask != 0).sum())} kept entries); loading it would "
+                "change the ticket's masks behind its back. Restore the ticket first "
+                "(ticket.load_state_dict(state) or load_ticket(...)), or load a checkpoint of this ticket"
+            )
+
+
+def _refresh_after_load(name: str, module: nn.Module, _incompatible: Any) -> None:
+    """``load_state_dict`` post-hook: recompute ``module.<name>`` from the loaded ``_orig`` and the mask."""
+    if not _is_reparametrized(module, name):
+        return
+    with torch.no_grad():
+        for hook in list(module._forward_pre_hooks.values()):
+            if isinstance(hook, prune.BasePruningMethod) and hook._tensor_name == name:
+                hook(module, None)
+
+
+def _getstate_leaf_weights(module: nn.Module) -> dict[str, Any]:
+    """``module.__getstate__`` for a masked module: prune's computed weights detached.
+
+    After a forward pass ``module.weight`` is a non-leaf tensor, which ``copy.deepcopy`` refuses
+    (pytorch issue 37322). The copy gets the same values, detached; its next forward recomputes them.
+    """
+    state = type(module).__getstate__(module)
+    for hook in module._forward_pre_hooks.values():
+        if isinstance(hook, prune.BasePruningMethod):
+            value = state.get(hook._tensor_name)
+            if isinstance(value, Tensor) and value.grad_fn is not None:
+                state[hook._tensor_name] = value.detach()
+    return state
+
+
+def _refresh_pruned_children(module: nn.Module, _inputs: object) -> None:
+    """Forward pre-hook of a layer that reads its children's weights directly: refresh them first."""
+    for child in module.modules():
+        if child is module:
+            continue
+        for hook in list(child._forward_pre_hooks.values()):
+            if isinstance(hook, prune.BasePruningMethod):
+                hook(child, None)
 
 
 # Optimizers whose update of an entry depends only on that entry's parameter, gradient and state
@@ -342,6 +459,7 @@ class BakedBackend(MaskBackend):
             self.name = "baked-bits"
         self._masks: dict[str, Tensor] = {}  # fqn -> bool mask, or pack_bits(mask)
         self._grad_hooks: dict[str, torch.utils.hooks.RemovableHandle] = {}
+        self._module_hooks: dict[str, list[torch.utils.hooks.RemovableHandle]] = {}  # fqn -> _BakedGuard hooks
         self._params: dict[int, tuple[nn.Parameter, Tensor]] = {}  # id(param) -> (param, stored mask)
         self._undo: dict[str, Tensor] = {}  # fqn -> raw values before the latest uncommitted apply_
         self._step_hooks: list[torch.utils.hooks.RemovableHandle] = []
@@ -395,6 +513,7 @@ class BakedBackend(MaskBackend):
                     functools.partial(_mask_grad_, weakref.ref(self), stored)
                 )
                 self._params[id(param)] = (param, stored)
+                self._hook_modules(target, stored)
             else:
                 stored.copy_(new)
             self._mul_(param, stored)
@@ -453,10 +572,28 @@ class BakedBackend(MaskBackend):
             self._undo.pop(target.fqn, None)
             self._forget(target.fqn, self._check_plain(target))
 
+    def _hook_modules(self, target: Target, stored: Tensor) -> None:
+        """Hooks on each place's module: masks re-applied after ``load_state_dict``; copies keep zeros."""
+        handles = []
+        for module_name, name in target.places():
+            module = get_place(self.model, module_name)
+            guard = _BakedGuard(name, stored, self.bits, self)
+            for path, reader in _direct_readers(self.model, module_name):  # reads the weight without module's forward
+                if path:
+                    handles.append(reader.register_forward_pre_hook(functools.partial(_baked_reader_pre, guard, path)))
+            handles += [
+                module.register_forward_pre_hook(functools.partial(_baked_forward_pre, guard)),
+                module.register_load_state_dict_post_hook(functools.partial(_baked_after_load, guard)),
+                module.register_state_dict_post_hook(functools.partial(_baked_state_dict_, guard)),
+            ]
+        self._module_hooks[target.fqn] = handles
+
     def _forget(self, fqn: str, param: nn.Parameter) -> None:
         self._epoch += 1
         del self._masks[fqn]
         self._grad_hooks.pop(fqn).remove()
+        for handle in self._module_hooks.pop(fqn, ()):
+            handle.remove()
         self._params.pop(id(param), None)
         self._grads.pop(id(param), None)
         if not self._masks:
@@ -556,6 +693,93 @@ class BakedBackend(MaskBackend):
             )
 
 
+class _BakedGuard:
+    """What each masked module under a baked backend carries: its mask, for loads and for copies.
+
+    While the backend that installed it owns the module's Parameter, the guard only re-applies
+    the mask after ``load_state_dict``. In a copy of the model (``copy.deepcopy``, pickle,
+    ``torch.save(model)``: the backend is not copied, and Parameter copies lose their gradient
+    hooks) the guard keeps the copy's pruned entries at zero on its own: before each forward it
+    zeroes them, it masks the accumulated gradients, and ``state_dict()`` writes them as zeros.
+    """
+
+    __slots__ = ("name", "stored", "bits", "backend", "grad_param")
+
+    def __init__(self, name: str, stored: Tensor, bits: bool, backend: "BakedBackend | None") -> None:
+        self.name, self.stored, self.bits = name, stored, bits
+        self.backend = weakref.ref(backend) if backend is not None else None
+        self.grad_param: weakref.ref | None = None  # the copy's Parameter whose gradients are masked
+
+    def __getstate__(self) -> dict[str, Any]:  # a copy belongs to no backend
+        return {"name": self.name, "stored": self.stored, "bits": self.bits}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__init__(state["name"], state["stored"], state["bits"], None)  # type: ignore[misc]
+
+    def owned(self, module: nn.Module) -> bool:
+        backend = self.backend() if self.backend is not None else None
+        param = module._parameters.get(self.name)
+        entry = backend._params.get(id(param)) if backend is not None and param is not None else None
+        return entry is not None and entry[0] is param
+
+    def mul_(self, x: Tensor) -> None:
+        stored = self.stored if self.stored.device == x.device else self.stored.to(x.device)
+        (mul_bits_ if self.bits else mul_bytes_)(x, stored)
+
+
+def _baked_forward_pre(guard: _BakedGuard, module: nn.Module, _inputs: object) -> None:
+    """Forward pre-hook: in a copy of the model, zero the pruned entries and mask their gradients."""
+    if guard.owned(module):
+        return
+    param = module._parameters.get(guard.name)
+    if param is None:
+        return
+    with torch.no_grad():
+        guard.mul_(param)
+    if guard.grad_param is None or guard.grad_param() is not param:
+        if guard.grad_param is None:
+            logger.info(
+                "%s.%s: a copy of a model masked by a baked backend; its masks are kept by its own hooks "
+                "(optimizer state is not re-zeroed: build its optimizer after the copy)",
+                type(module).__name__, guard.name,
+            )
+        param.register_post_accumulate_grad_hook(functools.partial(_baked_mask_grad_, guard))
+        guard.grad_param = weakref.ref(param)
+
+
+def _baked_reader_pre(guard: _BakedGuard, path: str, reader: nn.Module, inputs: object) -> None:
+    """Forward pre-hook of a layer that reads the masked child at ``path`` without calling it."""
+    _baked_forward_pre(guard, reader.get_submodule(path), inputs)
+
+
+def _baked_mask_grad_(guard: _BakedGuard, param: Tensor) -> None:
+    if param.grad is not None:
+        guard.mul_(param.grad)
+
+
+def _baked_after_load(guard: _BakedGuard, module: nn.Module, _incompatible: Any) -> None:
+    """``load_state_dict`` post-hook: the loaded values are masked at once, not at the next step."""
+    param = module._parameters.get(guard.name)
+    if param is None:
+        return
+    with torch.no_grad():
+        guard.mul_(param)
+    backend = guard.backend() if guard.backend is not None else None
+    if backend is not None:
+        backend._epoch += 1
+
+
+def _baked_state_dict_(guard: _BakedGuard, module: nn.Module, state_dict: dict, prefix: str, _metadata: Any) -> None:
+    """``state_dict`` post-hook: a copy writes its pruned entries as zeros (the owning backend keeps them so)."""
+    if guard.owned(module):
+        return
+    value = state_dict.get(prefix + guard.name)
+    if isinstance(value, Tensor):
+        value = value.detach().clone()
+        guard.mul_(value)
+        state_dict[prefix + guard.name] = value
+
+
 def _mask_grad_(backend_ref: weakref.ref, stored: Tensor, param: Tensor) -> None:
     """Zero the pruned entries of the accumulated ``.grad`` in place; remember it as masked."""
     backend = backend_ref()
@@ -640,20 +864,11 @@ def effective_state_dict(model: nn.Module, *, fn: str = "effective_state_dict") 
         0.0
     """
     model = unwrap_model(model)
-    modules = dict(model.named_modules(remove_duplicate=False))
     out: dict[str, Tensor] = {}
     first_of: dict[tuple[Any, ...], tuple[str, Tensor]] = {}
-    for key, tensor in model.state_dict(keep_vars=True).items():
-        prefix, _, local = key.rpartition(".")
-        module = modules[prefix]
-        name = canonical_name(module, local)
-        if name is None:  # prune's *_mask buffer
-            continue
-        fqn = _join(prefix, name)
-        source = tensor.detach()
+    for fqn, source, mask in state_sources(model):
         value = source
-        if name != local:  # prune's *_orig: apply the mask
-            mask = module._buffers[name + "_mask"]
+        if mask is not None:  # prune's *_orig: apply the mask
             value = torch.where(mask.to(torch.bool), source, torch.zeros((), dtype=source.dtype, device=source.device))
         if source.numel():
             ident = (
@@ -673,3 +888,24 @@ def effective_state_dict(model: nn.Module, *, fn: str = "effective_state_dict") 
             first_of[ident] = (fqn, value)
         out[fqn] = value
     return out
+
+
+def state_sources(model: nn.Module) -> Iterator[tuple[str, Tensor, Tensor | None]]:
+    """Yield ``(canonical key, raw tensor, prune mask or None)`` for each entry of ``model.state_dict()``.
+
+    The raw tensor is the model's own (detached): for a tensor reparametrized by
+    ``torch.nn.utils.prune`` it is ``<name>_orig`` with its ``<name>_mask`` beside it, whether the
+    ``state_dict`` shows prune's two keys or the plain key :class:`PruneBackend` writes. Tied
+    tensors keep their shared storage, so callers can find the ties.
+    """
+    modules = dict(model.named_modules(remove_duplicate=False))
+    for key, tensor in model.state_dict(keep_vars=True).items():
+        prefix, _, local = key.rpartition(".")
+        module = modules[prefix]
+        name = canonical_name(module, local)
+        if name is None:  # prune's *_mask buffer
+            continue
+        if _is_reparametrized(module, name):
+            yield _join(prefix, name), module._parameters[name + "_orig"].detach(), module._buffers[name + "_mask"]
+        else:
+            yield _join(prefix, name), tensor.detach(), None
