@@ -245,3 +245,38 @@ def test_save_pretrained_then_from_pretrained_keeps_pruned_zeros(build, backend,
     assert torch.equal(out[key], ref[key])
     if cls.__name__ == "GPT2LMHeadModel":
         assert loaded.lm_head.weight is loaded.transformer.wte.weight  # the tie survives
+
+
+# -- torch.compile: tickets look through OptimizedModule ------------------------------------------
+
+
+@pytest.mark.parametrize("backend", NAMES)
+def test_ticket_on_a_compiled_model_has_the_plain_models_fqns_files_and_exports(backend, tmp_path):
+    # regression: targets were "_orig_mod.0.weight", the ticket file did not load into the plain
+    # model and export_plain wrote "_orig_mod."-prefixed keys
+    from safetensors.torch import load_file
+
+    from torch_lottery import load_ticket
+
+    def make() -> nn.Module:
+        torch.manual_seed(0)
+        return nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))
+
+    plain = make()
+    compiled = torch.compile(plain, backend="eager")
+    ticket = LotteryTicket(compiled, sparsity=0.5, rounds=1, backend=backend)
+    assert ticket.target_fqns == ["0.weight", "2.weight"] and ticket.model is plain
+    optimizer = torch.optim.SGD(compiled.parameters(), lr=0.1)
+    with ticket:
+        compiled(torch.randn(3, 4)).pow(2).sum().backward()
+        optimizer.step()
+    x = torch.randn(5, 4)
+    assert torch.equal(compiled(x), plain(x))
+    export_plain(compiled, tmp_path / "plain.safetensors")
+    exported = load_file(tmp_path / "plain.safetensors")
+    assert sorted(exported) == sorted(make().state_dict())
+    _check_zeros(exported, ticket.masks)
+    ticket.save(tmp_path / "ticket.safetensors")
+    other = make()
+    loaded = load_ticket(tmp_path / "ticket.safetensors", other)
+    assert all(torch.equal(loaded.masks[k], ticket.masks[k]) for k in ticket.masks)

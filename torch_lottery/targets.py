@@ -66,11 +66,28 @@ class Target:
 
 
 def unwrap_model(model: nn.Module) -> nn.Module:
-    """Return the user's module inside a DataParallel/DistributedDataParallel wrapper."""
+    """Return the user's module inside DataParallel/DistributedDataParallel and ``torch.compile`` wrappers.
+
+    ``torch.compile(model)`` returns an ``OptimizedModule`` whose ``_orig_mod`` is the user's module
+    (the same Parameters), so FQNs, ticket files and exports are those of the plain model.
+    """
     wrappers = (nn.DataParallel, nn.parallel.DistributedDataParallel)
-    while isinstance(model, wrappers):
-        model = model.module
-    return model
+    while True:
+        if isinstance(model, wrappers):
+            model = model.module
+        elif _is_compiled(model):
+            model = model._orig_mod
+        else:
+            return model
+
+
+def _is_compiled(model: nn.Module) -> bool:
+    """Whether ``model`` is ``torch.compile``'s wrapper, without importing Dynamo when it was never loaded."""
+    import sys
+
+    eval_frame = sys.modules.get("torch._dynamo.eval_frame")
+    optimized = getattr(eval_frame, "OptimizedModule", None)
+    return optimized is not None and isinstance(model, optimized)
 
 
 def _join(prefix: str, name: str) -> str:
