@@ -280,3 +280,15 @@ def test_ticket_on_a_compiled_model_has_the_plain_models_fqns_files_and_exports(
     other = make()
     loaded = load_ticket(tmp_path / "ticket.safetensors", other)
     assert all(torch.equal(loaded.masks[k], ticket.masks[k]) for k in ticket.masks)
+
+
+def test_calling_a_ticket_on_a_module_or_a_module_class_raises_type_error():
+    # regression: ticket(model) returned a function that ran a forward and a round per call, and
+    # @ticket on an nn.Module class turned the class into a function
+    model = nn.Linear(3, 2)
+    ticket = LotteryTicket(model, sparsity=0.5, rounds=1)
+    with pytest.raises(TypeError, match=r"fn='Linear' is a module, not a training function; use `with ticket:`"):
+        ticket(model)
+    with pytest.raises(TypeError, match=r"fn='Net' is a module class, not a training function"):
+        ticket(Net)
+    assert ticket.round == 0 and not prune.is_pruned(model)

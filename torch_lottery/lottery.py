@@ -368,6 +368,13 @@ class LotteryTicket:
 
     def __call__(self, fn: F) -> F:
         """Use the ticket as a decorator: every call of ``fn`` runs as one round."""
+        if isinstance(fn, nn.Module) or (isinstance(fn, type) and issubclass(fn, nn.Module)):
+            what = fn.__name__ if isinstance(fn, type) else type(fn).__name__
+            raise TypeError(
+                f"LotteryTicket.__call__(): fn={what!r} is a module{' class' if isinstance(fn, type) else ''}, not a "
+                "training function; use `with ticket:` around training, or build a ticket over the model with "
+                "LotteryTicket(model, ...)"
+            )
 
         @functools.wraps(fn)
         def wrapper(*args: Any, **kwargs: Any) -> Any:
