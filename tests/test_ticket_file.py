@@ -179,13 +179,22 @@ def _fresh(name: str, seed: int = 123) -> nn.Module:
     return MODELS[name][0]()
 
 
+
+def _own_tensors(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The model's own Parameter and buffer objects (``*_orig`` / ``*_mask`` included), by local name."""
+    return {
+        **dict(model.named_parameters(remove_duplicate=False)),
+        **dict(model.named_buffers(remove_duplicate=False)),
+    }
+
+
 def _state(model: nn.Module) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
     """Every parameter and buffer: (the object itself, a copy of its value), by state_dict key."""
-    return {k: (v, v.detach().clone()) for k, v in model.state_dict(keep_vars=True).items()}
+    return {k: (v, v.detach().clone()) for k, v in _own_tensors(model).items()}
 
 
 def _assert_unchanged(model: nn.Module, before: dict[str, tuple[torch.Tensor, torch.Tensor]]) -> None:
-    after = model.state_dict(keep_vars=True)
+    after = _own_tensors(model)
     assert list(after) == list(before)
     for key, (obj, value) in before.items():
         assert after[key] is obj, key
