@@ -146,6 +146,9 @@ class MaskBackend(abc.ABC):
         return [_join(module_name, name) for module_name, name in target.places()]
 
 
+_MISSING = object()
+
+
 class PruneBackend(MaskBackend):
     """Masks as torch.nn.utils.prune leaves them: ``<name>_orig``, ``<name>_mask`` and a forward
     pre-hook. ``prune.is_pruned(model)`` holds and ``prune.remove`` works.
@@ -186,13 +189,42 @@ class PruneBackend(MaskBackend):
         for module_name, _name in target.places():
             module = get_place(self.model, module_name)
             self._param_order.setdefault(id(module), list(module._parameters))
-        was_masked = self._hook(owner, target.name) is not None
+        saved = self._save_places(target)
         try:
             self._apply(owner, target, mask)
-        except BaseException:
-            if not was_masked:
-                self.unapply_(target)  # also puts the parameter back in its place
+        except BaseException:  # Ctrl-C included, wherever torch.nn.utils.prune was interrupted
+            self._restore_places(target, saved)
             raise
+
+    def _save_places(self, target: Target) -> tuple[list[tuple[Any, ...]], Tensor | None, bool]:
+        """What every place of ``target`` holds (containers, attribute, mask values), to undo a half-done apply_."""
+        places = []
+        for module_name, name in target.places():
+            module = get_place(self.model, module_name)
+            places.append((module, name, dict(module._parameters), dict(module._buffers),
+                           dict(module._forward_pre_hooks), module.__dict__.get(name, _MISSING)))
+        owner = get_place(self.model, target.module_name)
+        masked = self._hook(owner, target.name) is not None
+        old_mask = getattr(owner, target.name + "_mask").detach().clone() if masked else None
+        return places, old_mask, masked
+
+    def _restore_places(self, target: Target, saved: tuple[list[tuple[Any, ...]], Tensor | None, bool]) -> None:
+        places, old_mask, masked = saved
+        for module, name, params, buffers, hooks, attr in places:
+            for live, old in ((module._parameters, params), (module._buffers, buffers), (module._forward_pre_hooks, hooks)):
+                live.clear()
+                live.update(old)
+            if attr is _MISSING:
+                module.__dict__.pop(name, None)
+            else:
+                module.__dict__[name] = attr
+        self._unwatch_readers(target)
+        if masked:
+            owner = get_place(self.model, target.module_name)
+            with torch.no_grad():
+                getattr(owner, target.name + "_mask").copy_(old_mask)
+            self._watch_readers(target)
+            self.refresh_(target)
 
     def _apply(self, owner: nn.Module, target: Target, mask: Tensor) -> None:
         if self._hook(owner, target.name) is not None:
@@ -499,6 +531,41 @@ class BakedBackend(MaskBackend):
                 f"the parameter has {tuple(param.shape)}"
             )
         new = pack_bits(mask) if self.bits else mask.contiguous()
+        fqn = target.fqn
+        prior = (self._masks.get(fqn), self._grad_hooks.get(fqn), self._params.get(id(param)), self._undo.get(fqn),
+                 set(param._post_accumulate_grad_hooks or {}))
+        prior_values = prior[0].clone() if prior[0] is not None else None
+        try:
+            self._apply(target, param, mask, new)
+        except BaseException:  # Ctrl-C included: put the masks, hooks and raw values back as they were
+            self._restore(target, param, prior, prior_values)
+            raise
+
+    def _restore(self, target: Target, param: nn.Parameter, prior: tuple[Any, ...], prior_values: Tensor | None) -> None:
+        """Undo a half-done :meth:`apply_`: tables, gradient hook, stored mask and raw values as before it."""
+        fqn = target.fqn
+        stored, _hook, _entry, undo, hook_keys = prior
+        self._epoch += 1
+        with torch.no_grad():
+            if stored is not None and prior_values is not None:
+                stored.copy_(prior_values)
+            if undo is None:  # the first apply_ since commit_: _apply kept the values it started from
+                started = self._undo.get(fqn)
+                if started is not None:
+                    param.copy_(started)
+            else:  # the values were undo * stored before this apply_
+                param.copy_(undo)
+                self._mul_(param, stored)
+        hooks = param._post_accumulate_grad_hooks or {}
+        for key in [k for k in hooks if k not in hook_keys]:  # registered by this apply_, kept or not
+            del hooks[key]
+        for table, key, value in zip((self._masks, self._grad_hooks, self._params, self._undo), (fqn, fqn, id(param), fqn), prior):
+            if value is None:
+                table.pop(key, None)
+            else:
+                table[key] = value
+
+    def _apply(self, target: Target, param: nn.Parameter, mask: Tensor, new: Tensor) -> None:
         stored = self._masks.get(target.fqn)
         self._epoch += 1
         with torch.no_grad():

@@ -56,12 +56,12 @@ def _run_inspect(args: argparse.Namespace) -> int:
     try:
         info = read_ticket_info(args.file)
         if args.verify:
-            read_ticket_tensors(args.file)
+            _verify_summary(info, read_ticket_tensors(args.file).masks)
     except (OSError, ValueError) as exc:  # every bad file is one of these: a message, never a traceback
-        print(f"torch-lottery inspect: error: {exc}", file=sys.stderr)
+        print(_printable(f"torch-lottery inspect: error: {exc}"), file=sys.stderr)
         return 2
     if args.json:
-        print(json.dumps(info, indent=2, sort_keys=True))
+        print(_printable(json.dumps(info, indent=2, sort_keys=True)))
         return 0
     summary = info["summary"]
     remaining, total, _ = totals(summary)
@@ -81,15 +81,37 @@ def _run_inspect(args: argparse.Namespace) -> int:
         "tensor bytes:  " + ", ".join(f"{role} {_human_bytes(n)}" for role, n in by_role.items()),
     ]
     if args.verify:
-        lines.append("verified:      checksum, tensor names, shapes and mask counts are intact")
-    print("\n".join(lines))
+        lines.append("verified:      checksum, tensor names, shapes, mask counts, summary and sparsity agree")
+    print(_printable("\n".join(lines)))
     print()
-    print(format_table(summary))
+    print(_printable(format_table(summary)))
     if args.history:
         print()
         for entry in info["history"]:
-            print(json.dumps(entry, sort_keys=True))
+            print(_printable(json.dumps(entry, sort_keys=True)))
     return 0
+
+
+def _printable(text: str) -> str:
+    """``text`` with control characters (terminal escape sequences included) shown as ``\\xNN``; newlines kept."""
+    return "".join(
+        c if c == "\n" or (c.isprintable() and not 0x7F <= ord(c) <= 0x9F) else f"\\x{ord(c):02x}" if ord(c) < 256
+        else f"\\u{ord(c):04x}"
+        for c in text
+    )
+
+
+def _verify_summary(info: dict, masks: dict) -> None:
+    """The file's summary rows and sparsity must be what its masks say (a re-signed file can lie in both)."""
+    from torch_lottery.summary import mask_rows, totals
+
+    rows = mask_rows(masks)
+    if [dict(r) for r in info["summary"]] != rows:
+        raise ValueError(f"path={info.get('path', '?')!r}: the summary in the metadata contradicts the stored masks; the file was edited")
+    if abs(float(info["sparsity"]) - totals(rows)[2]) > 1e-12:
+        raise ValueError(
+            f"sparsity {info['sparsity']!r} in the metadata contradicts the stored masks ({totals(rows)[2]!r}); the file was edited"
+        )
 
 
 # ----------------------------------------------------------------------------- reproduce

@@ -14,7 +14,7 @@ from torch import Tensor, nn
 from .backends import MaskBackend, make_backend
 from .controls import fresh_init
 from .rewind import RewindPoint, check_optimizer, check_scheduler, check_fits, write_tensors_
-from .installing import Undo, check_no_regrowth, install_masks_, restore_masks_
+from .installing import Undo, check_no_regrowth, deferred_interrupts, install_masks_, mask_state, restore_masks_
 from .pruning import broadcast_masks, next_masks, score_weights
 from .schedule import per_round_rate
 from .scoring import Criterion, get_criterion
@@ -195,6 +195,7 @@ class LotteryTicket:
     seed = property(lambda self: self._settings.seed, doc="The seed of random scores and re-initialization.")
     round = property(lambda self: self._round, doc="How many rounds have been applied.")
     backend = property(lambda self: self._backend, doc="The mask backend in use.")
+    removed = property(lambda self: self._removed, doc="Whether :meth:`remove_` made the pruning permanent.")
 
     @property
     def history(self) -> list[dict[str, Any]]:
@@ -326,9 +327,14 @@ class LotteryTicket:
         self._check_can_prune("begin_round_")
         if not self._point.taken:
             self.snapshot_()
-        if not self._point.captured:
-            self._point.start_counting(self._live, self._owns)
-        self._active = True
+        with deferred_interrupts():  # hooks and the open flag go together
+            try:
+                if not self._point.captured:
+                    self._point.start_counting(self._live, self._owns)
+                self._active = True
+            except BaseException:
+                self._point.stop_counting()
+                raise
 
     def abort_round_(self, reason: str = "abort_round_()") -> None:
         """Close the open round without pruning or rewinding: the trained weights are kept."""
@@ -352,8 +358,11 @@ class LotteryTicket:
     def _close_round(self, where: str) -> None:
         if not self._active:
             raise RuntimeError(f"LotteryTicket.{where}(): no round is open; call begin_round_() (or enter the block) first")
-        self._active = False
-        self._point.stop_counting()
+        with deferred_interrupts():
+            try:
+                self._point.stop_counting()
+            finally:
+                self._active = False
 
     def __enter__(self) -> "LotteryTicket":
         self.begin_round_()
@@ -396,22 +405,58 @@ class LotteryTicket:
             )
 
     def _apply_round(self) -> dict[str, Tensor]:
-        """Prune and rewind as one step: if the rewind fails, the masks and the count are put back."""
         new = self._next_masks("end_round_")
-        previous = self._install_masks_(new)
-        self._round += 1
-        self._history.append(round_record(self._round, new))
-        try:
-            # computed with the new masks in place: a re-initialization draws in the module's current order
-            self._write_rewind(self._rewind_values(self._round))
-        except BaseException:
-            self._round -= 1
-            self._history.pop()
-            self._restore_masks_(previous)
-            raise
+        self._transact_(new, count=True, rewind=True)
         self._pinned = None
         self._log_round()
         return new
+
+    def _transact_(
+        self, masks: Mapping[str, Tensor], *, count: bool, rewind: bool, point_state: Any = None,
+        new_round: Optional[tuple[int, list[dict[str, Any]]]] = None,
+    ) -> None:
+        """Install ``masks``, then optionally load a rewind point, count a round and rewind: all or nothing.
+
+        Ctrl-C is deferred until the step is whole; any exception inside it (from the backend,
+        the rewind, a damaged state) puts back the masks, the trained weights, the optimizer's
+        and scheduler's state, the rewind point, the round and the history.
+        """
+        point, round_, history = self._point, self._round, list(self._history)
+        saved_point = point.fields()
+        trained = self._trained_copy() if rewind and (self.rewind != "none" or point_state is not None) else None
+        states = point.current_states() if rewind else None
+        previous = mask_state(self._backend, self._targets)
+        with deferred_interrupts():
+            try:
+                install_masks_(self._backend, self._targets, masks, commit=False)
+                if point_state is not None:
+                    point.load_state_dict(point_state)
+                if new_round is not None:
+                    self._round, self._history = new_round
+                if count:
+                    self._round += 1
+                    self._history.append(round_record(self._round, masks))
+                if rewind:
+                    # computed with the new masks in place: a re-initialization draws in the module's current order
+                    self._write_rewind(self._rewind_values(self._round))
+                self._backend.commit_()
+            except BaseException:
+                point.set_fields(saved_point)
+                if states is not None:
+                    point.restore_states(states)
+                restore_masks_(self._backend, previous)
+                if trained is not None:
+                    live = self.live_tensors()
+                    with torch.no_grad():
+                        for key, value in trained.items():
+                            live[key].copy_(value)
+                    self.refresh_()
+                self._round, self._history = round_, history
+                raise
+
+    def _trained_copy(self) -> dict[str, Tensor]:
+        """The values a rewind overwrites, copied where snapshots live (a temporary file for ``"disk"``)."""
+        return make_store(self._settings.snapshot_device).put(self._live())
 
     def _log_round(self) -> None:
         record = self._history[-1]
@@ -466,10 +511,8 @@ class LotteryTicket:
         """
         self._check_can_prune("prune_")
         new = self._next_masks("prune_")
-        self._install_masks_(new)
+        self._transact_(new, count=True, rewind=False)
         self._pinned = None
-        self._round += 1
-        self._history.append(round_record(self._round, new))
         self._log_round()
         return new
 
@@ -510,9 +553,6 @@ class LotteryTicket:
     def _install_masks_(self, masks: Mapping[str, Tensor]) -> Undo:
         return install_masks_(self._backend, self._targets, masks)
 
-    def _restore_masks_(self, previous: Undo) -> None:
-        restore_masks_(self._backend, previous)
-
     def set_masks_(self, masks: Mapping[str, Tensor], *, rewind: bool = True, mode: str = "replace") -> None:
         """Install the given masks (a random-mask control, or masks from elsewhere), then rewind.
 
@@ -540,13 +580,7 @@ class LotteryTicket:
             masks = {f: current[f] & masks[f].to(current[f].device) for f in current}
         if rewind and not self._point.taken:
             self.snapshot_()  # nothing entered yet: the current weights are theta_0
-        previous = self._install_masks_(masks)
-        if rewind:
-            try:
-                self._write_rewind(self._rewind_values(self._round))
-            except BaseException:
-                self._restore_masks_(previous)
-                raise
+        self._transact_(masks, count=False, rewind=rewind)
 
     def adopt_masks_(self) -> list[str]:
         """Hand masks already installed in the model (pruned by hand with ``torch.nn.utils.prune``,
@@ -692,16 +726,8 @@ class LotteryTicket:
                 history. The model is left unchanged.
         """
         masks = self._check_state(state)
-        previous = self._install_masks_(masks)
-        try:
-            self._point.load_state_dict(state)
-            if rewind:
-                self.rewind_()
-        except BaseException:
-            self._restore_masks_(previous)
-            raise
-        self._round = int(state["round"])
-        self._history = copy.deepcopy(list(state["history"]))
+        new_round = (int(state["round"]), copy.deepcopy(list(state["history"])))
+        self._transact_(masks, count=False, rewind=rewind, point_state=state, new_round=new_round)
 
     def _check_state(self, state: Mapping[str, Any]) -> dict[str, Tensor]:
         fn = "LotteryTicket.load_state_dict()"

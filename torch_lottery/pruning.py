@@ -43,7 +43,9 @@ def score_weights(
                 "fix the training run (lower the learning rate, clip gradients) before pruning. "
                 "Nothing was pruned."
             )
-        s = criterion(fqn, w, initial.get(fqn), generator)
+        start = initial.get(fqn)
+        # copies: a criterion that edits its inputs in place must not reach the model or theta_0
+        s = criterion(fqn, w.clone(), None if start is None else start.clone(), generator)
         if not isinstance(s, Tensor) or s.shape != w.shape:
             raise ValueError(
                 f"LotteryTicket.prune_(): criterion={name!r} returned "

@@ -141,9 +141,29 @@ class RewindPoint:
     def take_(self, tensors: Mapping[str, Tensor]) -> None:
         """Store ``tensors`` and the optimizer's and scheduler's current state as the rewind point."""
         stored = self.store.put(tensors)
-        self.tensors = stored
-        self.optimizer_state = copy.deepcopy(self.optimizer.state_dict()) if self.optimizer is not None else None
-        self.scheduler_state = scheduler_state(self.scheduler) if self.scheduler is not None else None
+        opt = copy.deepcopy(self.optimizer.state_dict()) if self.optimizer is not None else None
+        sched = scheduler_state(self.scheduler) if self.scheduler is not None else None
+        self.tensors, self.optimizer_state, self.scheduler_state = stored, opt, sched  # one step: never half a point
+
+    def fields(self) -> tuple[Any, ...]:
+        """Everything the point holds, for :meth:`set_fields` to put back after a failed step."""
+        return (self.tensors, self.optimizer_state, self.scheduler_state, self.captured, self.steps, self.scheduler_pending)
+
+    def set_fields(self, fields: tuple[Any, ...]) -> None:
+        """Put back what :meth:`fields` returned."""
+        (self.tensors, self.optimizer_state, self.scheduler_state, self.captured, self.steps, self.scheduler_pending) = fields
+
+    def current_states(self) -> tuple[Any, Any]:
+        """The attached optimizer's and scheduler's state now, for :meth:`restore_states` (no tensor copies:
+        a later ``load_state_dict`` replaces the optimizer's state tensors rather than writing into them)."""
+        opt = self.optimizer.state_dict() if self.optimizer is not None else None
+        return opt, (scheduler_state(self.scheduler) if self.scheduler is not None else None)
+
+    def restore_states(self, states: tuple[Any, Any]) -> None:
+        """Put the optimizer and scheduler back to :meth:`current_states`."""
+        if self.optimizer is not None and states[0] is not None:
+            self.optimizer.load_state_dict(states[0])
+        restore_optimizer_state_(None, None, self.scheduler, states[1])
 
     def mark_captured(self) -> None:
         """This point is theta_k: stop waiting for step ``k``."""
@@ -189,19 +209,18 @@ class RewindPoint:
             if self.scheduler_pending and (optimizer is None or opt is optimizer):
                 self.capture_scheduler()
 
-        if optimizer is not None:
-            hooks = [optimizer.register_step_post_hook(post), optimizer.register_step_pre_hook(pre)]
-        else:
-            from torch.optim.optimizer import register_optimizer_step_post_hook, register_optimizer_step_pre_hook
+        from torch.optim.optimizer import register_optimizer_step_post_hook, register_optimizer_step_pre_hook
 
-            hooks = [register_optimizer_step_post_hook(post), register_optimizer_step_pre_hook(pre)]
-        self._hooks = hooks
+        for register, hook in ((register_optimizer_step_post_hook, post), (register_optimizer_step_pre_hook, pre)):
+            if optimizer is not None:
+                register = optimizer.register_step_post_hook if hook is post else optimizer.register_step_pre_hook
+            self._hooks.append(register(hook))  # each handle kept as soon as it exists
 
     def stop_counting(self) -> None:
         """Remove the step hooks (idempotent)."""
-        hooks, self._hooks = self._hooks, []
-        for h in hooks:
-            h.remove()
+        while self._hooks:
+            self._hooks[-1].remove()
+            self._hooks.pop()
 
     # -- resumable state ---------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
@@ -217,8 +236,12 @@ class RewindPoint:
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         """Restore what :meth:`state_dict` returned (validated by the caller)."""
         weights = state["rewind_weights"]
-        self.tensors = self.store.put(weights) if weights else None
-        self.captured = bool(state.get("rewind_captured", True))
-        self.steps = int(state.get("steps", 0))
-        self.optimizer_state = copy.deepcopy(state.get("optimizer_state"))
-        self.scheduler_state = copy.deepcopy(state.get("scheduler_state"))
+        fields = (
+            self.store.put(weights) if weights else None,
+            copy.deepcopy(state.get("optimizer_state")),
+            copy.deepcopy(state.get("scheduler_state")),
+            bool(state.get("rewind_captured", True)),
+            int(state.get("steps", 0)),
+            False,
+        )
+        self.set_fields(fields)

@@ -205,11 +205,8 @@ def find_targets(
             f"find_targets(): {arg}={bad!r} is a string; pass a list of patterns, e.g. [{bad!r}]"
         )
     if targets is not None and not callable(targets):
-        targets = list(targets)
-        for p in targets:
-            if not isinstance(p, str):
-                raise TypeError(f"find_targets(): targets contains {p!r}; patterns must be strings")
-    exclude = list(exclude)
+        targets = _patterns(targets, "targets")
+    exclude = _patterns((), "exclude") if exclude is None else _patterns(exclude, "exclude")
 
     places: dict[int, list[tuple[str, str, nn.Module, nn.Parameter]]] = {}
     for module_name, name, module, param in _parameter_places(model):
@@ -266,6 +263,20 @@ def find_targets(
             f"{type(model).__name__}; pass glob patterns such as ['*.weight'] or a filter function"
         )
     return found
+
+
+def _patterns(value: object, arg: str) -> list[str]:
+    """``value`` as a list of glob patterns, or a clear ``TypeError`` naming ``arg``."""
+    try:
+        patterns = list(value)  # type: ignore[call-overload]
+    except TypeError:
+        raise TypeError(
+            f"find_targets(): {arg}={value!r} is not a list of glob patterns; pass e.g. ['fc3.weight', 'features.*']"
+        ) from None
+    for p in patterns:
+        if not isinstance(p, str):
+            raise TypeError(f"find_targets(): {arg} contains {p!r}; patterns must be strings such as 'fc3.weight'")
+    return patterns
 
 
 def _sample_names(places: dict[int, list[tuple[str, str, nn.Module, nn.Parameter]]]) -> str:

@@ -664,6 +664,11 @@ def save_ticket(
         isinstance(getattr(ticket, "model", None), nn.Module) and hasattr(ticket, "target_fqns")
     ):
         raise TypeError(f"{fn}(): ticket={_describe(ticket)} is not a LotteryTicket; pass the ticket to save")
+    if getattr(ticket, "removed", False):
+        raise RuntimeError(
+            f"{fn}(): ticket.remove_() made the pruning permanent, so the ticket no longer knows its masks; "
+            "save the ticket before remove_(), or write the pruned model with export_plain()"
+        )
     if encoding not in ENCODINGS:
         raise ValueError(f"{fn}(): encoding={encoding!r} is not supported; use one of {ENCODINGS!r}")
     if not isinstance(include_trained, bool):

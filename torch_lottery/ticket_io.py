@@ -50,9 +50,15 @@ def _rollback_on_error(model: nn.Module) -> Iterator[None]:
                 {id(t): t.detach().clone() for t in tensors},
             )
         )
+    grad_hooks = [(p, dict(p._post_accumulate_grad_hooks or {})) for p in model.parameters()]
     try:
         yield
     except BaseException:
+        for param, hooks in grad_hooks:  # a backend's gradient hooks installed by the failed load go too
+            live_hooks = param._post_accumulate_grad_hooks
+            if live_hooks is not None:
+                for key in [k for k in live_hooks if k not in hooks]:
+                    del live_hooks[key]
         with torch.no_grad():
             for module, params, buffers, hooks, attrs, values in saved:
                 for name in set(module.__dict__) - set(attrs):
