@@ -34,6 +34,14 @@ logger = logging.getLogger(__name__)
 PathLike = Union[str, "os.PathLike[str]"]
 
 
+# Every hook table of nn.Module: a failed load must leave none of the backend's hooks behind.
+_HOOK_DICTS = (
+    "_forward_pre_hooks", "_forward_pre_hooks_with_kwargs", "_forward_hooks", "_forward_hooks_with_kwargs",
+    "_forward_hooks_always_called", "_backward_hooks", "_backward_pre_hooks", "_state_dict_hooks",
+    "_state_dict_pre_hooks", "_load_state_dict_pre_hooks", "_load_state_dict_post_hooks",
+)
+
+
 @contextlib.contextmanager
 def _rollback_on_error(model: nn.Module) -> Iterator[None]:
     """Restore ``model`` exactly (tensor values, Parameter objects, hooks, attributes) if the body raises."""
@@ -45,7 +53,7 @@ def _rollback_on_error(model: nn.Module) -> Iterator[None]:
                 module,
                 dict(module._parameters),
                 dict(module._buffers),
-                dict(module._forward_pre_hooks),
+                {name: dict(getattr(module, name)) for name in _HOOK_DICTS if isinstance(getattr(module, name, None), dict)},
                 dict(module.__dict__),
                 {id(t): t.detach().clone() for t in tensors},
             )
@@ -64,8 +72,9 @@ def _rollback_on_error(model: nn.Module) -> Iterator[None]:
                 for name in set(module.__dict__) - set(attrs):
                     delattr(module, name)
                 module.__dict__.update(attrs)
-                for live, old in ((module._parameters, params), (module._buffers, buffers),
-                                  (module._forward_pre_hooks, hooks)):
+                containers = [(module._parameters, params), (module._buffers, buffers)]
+                containers += [(getattr(module, name), old) for name, old in hooks.items()]
+                for live, old in containers:  # in place: the dicts are shared with the attributes restored above
                     live.clear()
                     live.update(old)
                 for tensor in list(params.values()) + list(buffers.values()):
