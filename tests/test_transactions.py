@@ -233,3 +233,51 @@ def test_real_sigint_during_a_round_leaves_the_round_whole():
     assert ticket.round == 1 and len(ticket.history) == 1
     assert ticket.sparsity == pytest.approx(0.4, abs=0.05)
     assert torch.equal(ticket.live_tensors()["0.weight"] * ticket.masks["0.weight"], model[0].weight)
+
+
+def test_real_sigints_during_the_exits_of_a_30_layer_model_never_leave_a_mixed_state():
+    """The audit's case: SIGINT sent from another thread at random moments while rounds are applied."""
+    import random
+    import threading
+    import time
+
+    torch.manual_seed(0)
+    rng = random.Random(0)
+    mixed = delivered = 0
+    for trial in range(30):
+        model = nn.Sequential(*[nn.Linear(16, 16) for _ in range(30)])
+        ticket = LotteryTicket(model, rate=0.3)
+        ticket.begin_round_()
+        before = {k: v.clone() for k, v in ticket.masks.items()}
+        delay = rng.uniform(0.0, 0.004)
+        timer = threading.Timer(delay, lambda: signal.pthread_kill(threading.main_thread().ident, signal.SIGINT))
+        try:
+            timer.start()  # a signal that lands before the round starts counts as "before"
+            ticket.end_round_()
+            timer.join()  # a signal sent after the round lands here (or in the sleep)
+            time.sleep(0.05)
+        except KeyboardInterrupt:
+            delivered += 1
+            timer.join()
+        masks = ticket.masks
+        pruned_all = all(not torch.equal(masks[k], before[k]) for k in masks)
+        pruned_none = all(torch.equal(masks[k], before[k]) for k in masks)
+        counted = ticket.round == 1 and len(ticket.history) == 1
+        if not ((pruned_all and counted) or (pruned_none and ticket.round == 0 and not ticket.history)):
+            mixed += 1
+        model(torch.randn(2, 16))  # still runs
+    assert mixed == 0
+    assert delivered == 30  # every Ctrl-C reached the user as a KeyboardInterrupt
+
+
+def test_two_disk_stores_sharing_a_folder_keep_their_own_snapshots(tmp_path):
+    from torch_lottery.snapshot import DiskStore
+
+    a, b = DiskStore(tmp_path), DiskStore(tmp_path)
+    held_a = a.put({"w": torch.full((64,), 1.0)})
+    held_b = b.put({"w": torch.full((64,), 2.0)})  # replaces the file in the shared folder
+    held_a_again = a.put({"w": torch.full((64,), 3.0)})
+    assert torch.equal(held_b["w"], torch.full((64,), 2.0))
+    assert torch.equal(held_a_again["w"], torch.full((64,), 3.0))
+    assert torch.equal(held_a["w"], torch.full((64,), 1.0))  # a mapping taken earlier keeps its bytes
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["rewind.safetensors"]  # no staged files left
