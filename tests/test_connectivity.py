@@ -35,6 +35,14 @@ def snapshot(model: nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().clone() for k, v in model.state_dict().items()}
 
 
+def prune_form(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The checkpoint form torch.nn.utils.prune writes on its own: ``*_orig`` and ``*_mask`` keys
+    (a ticket's model now writes plain keys; files written by plain prune still look like this)."""
+    named = dict(model.named_parameters())
+    named.update(model.named_buffers())
+    return {k: v.detach().clone() for k, v in named.items()}
+
+
 def assert_same_state(before: dict[str, torch.Tensor], model: nn.Module) -> None:
     after = model.state_dict()
     assert list(before) == list(after)
@@ -188,7 +196,7 @@ def test_state_dict_form_with_prune_keys_is_accepted() -> None:
     model = mlp()
     ticket = LotteryTicket(model, sparsity=0.5)
     ticket.prune_()
-    a = snapshot(model)  # '0.weight_orig', '0.weight_mask', ...
+    a = prune_form(model)  # '0.weight_orig', '0.weight_mask', ...
     b = {k: (v + 1.0 if k.endswith("_orig") else v.clone()) for k, v in a.items()}
     seen: list = []
     instability(model, a, b, recorder(model, seen), points=3)
@@ -266,7 +274,7 @@ def test_different_masks_are_refused() -> None:
     model = mlp()
     ticket = LotteryTicket(model, sparsity=0.5)
     ticket.prune_()
-    a = snapshot(model)
+    a = prune_form(model)
     b = {k: v.clone() for k, v in a.items()}
     b["0.weight_mask"] = 1 - b["0.weight_mask"]
     before = snapshot(model)

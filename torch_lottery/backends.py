@@ -559,6 +559,9 @@ class BakedBackend(MaskBackend):
         hooks = param._post_accumulate_grad_hooks or {}
         for key in [k for k in hooks if k not in hook_keys]:  # registered by this apply_, kept or not
             del hooks[key]
+        if stored is None:  # the module hooks of a first apply_ go too
+            for handle in self._module_hooks.pop(fqn, ()):
+                handle.remove()
         for table, key, value in zip((self._masks, self._grad_hooks, self._params, self._undo), (fqn, fqn, id(param), fqn), prior):
             if value is None:
                 table.pop(key, None)
@@ -641,7 +644,7 @@ class BakedBackend(MaskBackend):
 
     def _hook_modules(self, target: Target, stored: Tensor) -> None:
         """Hooks on each place's module: masks re-applied after ``load_state_dict``; copies keep zeros."""
-        handles = []
+        handles = self._module_hooks.setdefault(target.fqn, [])  # each handle kept as soon as it exists
         for module_name, name in target.places():
             module = get_place(self.model, module_name)
             guard = _BakedGuard(name, stored, self.bits, self)
@@ -653,7 +656,6 @@ class BakedBackend(MaskBackend):
                 module.register_load_state_dict_post_hook(functools.partial(_baked_after_load, guard)),
                 module.register_state_dict_post_hook(functools.partial(_baked_state_dict_, guard)),
             ]
-        self._module_hooks[target.fqn] = handles
 
     def _forget(self, fqn: str, param: nn.Parameter) -> None:
         self._epoch += 1
