@@ -195,7 +195,6 @@ class LotteryTicket:
     seed = property(lambda self: self._settings.seed, doc="The seed of random scores and re-initialization.")
     round = property(lambda self: self._round, doc="How many rounds have been applied.")
     backend = property(lambda self: self._backend, doc="The mask backend in use.")
-    removed = property(lambda self: self._removed, doc="Whether :meth:`remove_` made the pruning permanent.")
 
     @property
     def history(self) -> list[dict[str, Any]]:

@@ -7,7 +7,7 @@ its mask backend.
 
 from __future__ import annotations
 
-from typing import Mapping, Optional
+from typing import Mapping
 
 import torch
 from torch import Tensor
