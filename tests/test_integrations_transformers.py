@@ -1,0 +1,215 @@
+"""LotteryTicketCallback and save_pretrained with a real transformers.Trainer on tiny random BERT and GPT-2."""
+
+from __future__ import annotations
+
+import logging
+import os
+
+import pytest
+import torch
+from torch import Tensor
+
+transformers = pytest.importorskip("transformers")
+
+from torch_lottery import LotteryTicket, load_ticket, read_ticket_info  # noqa: E402
+from torch_lottery.integrations.transformers import (  # noqa: E402
+    STATE_FILE,
+    TICKET_FILE,
+    LotteryTicketCallback,
+    save_pretrained,
+)
+
+transformers.logging.set_verbosity_error()
+
+
+# -- tiny models and synthetic data ------------------------------------------------------------
+
+
+def bert(seed: int = 0):
+    config = transformers.BertConfig(
+        vocab_size=40, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+        max_position_embeddings=16, num_labels=2, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,
+    )
+    torch.manual_seed(seed)
+    return transformers.BertForSequenceClassification(config)
+
+
+def gpt2(seed: int = 0):
+    config = transformers.GPT2Config(
+        vocab_size=40, n_positions=16, n_embd=16, n_layer=2, n_head=2, bos_token_id=0, eos_token_id=0,
+        resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
+    )
+    torch.manual_seed(seed)
+    return transformers.GPT2LMHeadModel(config)
+
+
+class Data(torch.utils.data.Dataset):
+    """``n`` fixed random sequences: labels for classification, or language-modelling targets."""
+
+    def __init__(self, n: int = 16, length: int = 8, *, lm: bool = False, seed: int = 0, fail_at: int | None = None) -> None:
+        g = torch.Generator().manual_seed(seed)
+        self.ids = torch.randint(1, 40, (n, length), generator=g)
+        self.labels = self.ids.clone() if lm else (self.ids.sum(dim=1) % 2)
+        self.fail_at = fail_at
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def __getitem__(self, i: int) -> dict[str, Tensor]:
+        if self.fail_at is not None and i == self.fail_at:
+            raise RuntimeError("the data broke")
+        return {"input_ids": self.ids[i], "labels": self.labels[i]}
+
+
+def make_args(tmp_path, **overrides):
+    options = dict(
+        output_dir=str(tmp_path), report_to=[], use_cpu=True, disable_tqdm=True, save_strategy="no",
+        per_device_train_batch_size=4, num_train_epochs=1, learning_rate=5e-3, logging_strategy="no",
+        seed=0, dataloader_num_workers=0,
+    )
+    options.update(overrides)
+    return transformers.TrainingArguments(**options)
+
+
+def effective(model) -> dict[str, Tensor]:
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def check_zeros(model, masks: dict[str, Tensor]) -> None:
+    state = model.state_dict()
+    for fqn, mask in masks.items():
+        assert int((state[fqn][~mask] != 0).sum()) == 0, fqn
+
+
+def same(a: dict[str, Tensor], b: dict[str, Tensor]) -> bool:
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+# -- IMP across repeated train() calls ---------------------------------------------------------
+
+
+def test_one_round_per_train_call_prunes_exact_counts_rewinds_bitwise_and_resets_adamw(tmp_path):
+    model = bert()
+    theta0 = effective(model)
+    callback = LotteryTicketCallback(rate=0.2, rounds=2)
+    trainer = transformers.Trainer(model=model, args=make_args(tmp_path), train_dataset=Data(), callbacks=[callback])
+    ticket = callback.ticket  # built when the Trainer was built
+    assert ticket.model is model and ticket.round == 0
+    total = sum(t.numel for t in ticket.targets)
+
+    trainer.train()
+    assert ticket.round == 1
+    assert sum(int((~m).sum()) for m in ticket.masks.values()) == round(0.2 * total)
+    check_zeros(model, ticket.masks)
+    for key, value in effective(model).items():  # rewound to theta_0 under the masks, bitwise
+        mask = ticket.masks.get(key)
+        assert torch.equal(value, theta0[key] if mask is None else theta0[key] * mask), key
+    inner = trainer.optimizer.optimizer  # accelerate's wrapper around the Trainer's AdamW
+    assert len(inner.state) == 0  # AdamW's moments were reset at the rewind
+    log = [r for r in trainer.state.log_history if "lottery_round" in r]
+    assert log == [{"lottery_round": 1, "lottery_sparsity": ticket.history[0]["sparsity"], "lottery_remaining":
+                    ticket.history[0]["remaining"], "lottery_total": total, "epoch": 1.0, "step": 4}]
+
+    # the same Trainer's second round equals a fresh Trainer (fresh AdamW) on the rewound, masked model
+    ref_model = bert()
+    ref_model.load_state_dict(model.state_dict())
+    ref_ticket = LotteryTicket(ref_model, rate=0.2, rounds=2)
+    ref_ticket.set_masks_(ticket.masks, rewind=False)
+    trainer.train()
+    ref = transformers.Trainer(model=ref_model, args=make_args(tmp_path / "ref"), train_dataset=Data())
+    with ref_ticket:
+        ref.train()
+    assert ticket.round == 2 and ref_ticket.round == 1  # set_masks_ is not a round
+    assert same(ticket.masks, ref_ticket.masks)
+    assert same(effective(model), effective(ref_model))
+    assert sum(int((~m).sum()) for m in ticket.masks.values()) == round(0.2 * total) + round(0.2 * (total - round(0.2 * total)))
+
+    trainer.train()  # rounds are done: the third call trains the ticket with its masks held
+    assert ticket.round == 2
+    check_zeros(model, ticket.masks)
+    assert read_ticket_info(tmp_path / TICKET_FILE)["round"] == 2
+
+
+def test_without_reset_optimizer_adamw_keeps_its_moments_across_the_rewind(tmp_path):
+    model = bert()
+    callback = LotteryTicketCallback(rate=0.2, rounds=2, reset_optimizer=False)
+    trainer = transformers.Trainer(model=model, args=make_args(tmp_path), train_dataset=Data(), callbacks=[callback])
+    trainer.train()
+    assert callback.ticket.round == 1
+    assert len(trainer.optimizer.optimizer.state) > 0  # what reset_optimizer=True (the default) empties
+
+
+# -- rounds inside one train() call, checkpoints and resuming ------------------------------------
+
+
+class Crash(transformers.TrainerCallback):
+    """Raises after optimizer step ``at``, keeping the model's values at that moment."""
+
+    def __init__(self, at: int) -> None:
+        self.at, self.values = at, None
+
+    def on_step_end(self, args, state, control, model=None, **kwargs):
+        if state.global_step == self.at:
+            self.values = effective(model)
+            raise KeyboardInterrupt  # what a preempted or interrupted job sees
+
+
+def test_every_n_epochs_runs_rounds_inside_one_train_call_and_saves_the_ticket_in_each_checkpoint(tmp_path):
+    model = bert()
+    callback = LotteryTicketCallback(rate=0.25, rounds=2, every_n_epochs=1)
+    args = make_args(tmp_path, num_train_epochs=3, save_strategy="epoch", lr_scheduler_type="constant")
+    trainer = transformers.Trainer(model=model, args=args, train_dataset=Data(), callbacks=[callback])
+    trainer.train()
+    ticket = callback.ticket
+    assert ticket.round == 2 and ticket.done
+    log = [(r["lottery_round"], r["step"], r["lottery_sparsity"]) for r in trainer.state.log_history if "lottery_round" in r]
+    assert log == [(1, 4, ticket.history[0]["sparsity"]), (2, 8, ticket.history[1]["sparsity"])]
+    total = sum(t.numel for t in ticket.targets)
+    first = round(0.25 * total)
+    assert ticket.history[1]["remaining"] == total - first - round(0.25 * (total - first))
+    check_zeros(model, ticket.masks)  # the third epoch trained the final ticket with its masks held
+    for step, rounds in ((4, 1), (8, 2), (12, 2)):
+        folder = tmp_path / f"checkpoint-{step}"
+        assert (folder / STATE_FILE).is_file()
+        assert read_ticket_info(folder / TICKET_FILE)["round"] == rounds
+    saved = transformers.BertForSequenceClassification.from_pretrained(tmp_path / "checkpoint-12")
+    check_zeros(saved, ticket.masks)  # the Trainer's own model checkpoint holds the zeros
+    assert read_ticket_info(tmp_path / TICKET_FILE)["round"] == 2
+
+
+def _imp_in_one_call(tmp_path, crash_at=None, resume=None):
+    model = bert()
+    callback = LotteryTicketCallback(rate=0.25, rounds=2, every_n_epochs=1)
+    crash = Crash(crash_at) if crash_at else None
+    args = make_args(tmp_path, num_train_epochs=3, save_strategy="steps", save_steps=3)
+    trainer = transformers.Trainer(
+        model=model, args=args, train_dataset=Data(), callbacks=[callback] + ([crash] if crash else []),
+    )
+    if crash is not None:
+        with pytest.raises(KeyboardInterrupt):
+            trainer.train(resume_from_checkpoint=resume)
+    else:
+        trainer.train(resume_from_checkpoint=resume)
+    return model, callback, crash
+
+
+def test_a_crash_then_resume_from_checkpoint_gives_the_uninterrupted_run_bitwise(tmp_path):
+    model, callback, _ = _imp_in_one_call(tmp_path / "straight")
+    crashed_model, crashed, crash = _imp_in_one_call(tmp_path / "run", crash_at=7)
+    # the crash in round 2 (epoch 2) lost nothing: round 1's masks, no pruning, the trained weights kept
+    assert crashed.ticket.round == 1
+    assert same(effective(crashed_model), crash.values)
+    # a new process: fresh model, callback and Trainer; resume from checkpoint-6 (mid-round 2)
+    resumed_model, resumed, _ = _imp_in_one_call(tmp_path / "run", resume=str(tmp_path / "run" / "checkpoint-6"))
+    assert resumed.ticket.round == callback.ticket.round == 2
+    assert same(resumed.ticket.masks, callback.ticket.masks)
+    assert same(resumed.ticket.rewind_weights, callback.ticket.rewind_weights)
+    assert same(effective(resumed_model), effective(model))
+    assert resumed.ticket.history == callback.ticket.history
+
+
+def test_resuming_from_a_checkpoint_without_the_ticket_raises(tmp_path):
+    _imp_in_one_call(tmp_path, crash_at=4)
+    os.remove(tmp_path / "checkpoint-3" / TICKET_FILE)
+    with pytest.raises(RuntimeError, match="holds no ticket"):
+        _imp_in_one_call(tmp_path, resume=str(tmp_path / "checkpoint-3"))
