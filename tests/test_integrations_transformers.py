@@ -213,3 +213,129 @@ def test_resuming_from_a_checkpoint_without_the_ticket_raises(tmp_path):
     os.remove(tmp_path / "checkpoint-3" / TICKET_FILE)
     with pytest.raises(RuntimeError, match="holds no ticket"):
         _imp_in_one_call(tmp_path, resume=str(tmp_path / "checkpoint-3"))
+
+
+def _gpt2_rounds(tmp_path, *, crash_in_second=None, resume=None):
+    """Two rounds, one per train() call, on GPT-2; optionally crash the second call, or resume it."""
+    model = gpt2()
+    callback = LotteryTicketCallback(rate=0.3, rounds=2)
+    crash = Crash(crash_in_second) if crash_in_second else None
+    data = Data(lm=True)
+    args = make_args(tmp_path, save_strategy="steps", save_steps=2, weight_decay=0.1)
+    trainer = transformers.Trainer(model=model, args=args, train_dataset=data, callbacks=[callback])
+    if resume is None:
+        trainer.train()  # round 1
+        assert callback.ticket.round == 1
+        if crash is not None:
+            trainer.add_callback(crash)
+            with pytest.raises(KeyboardInterrupt):
+                trainer.train()
+            return model, callback, crash
+    trainer.train(resume_from_checkpoint=resume)  # round 2, or the rest of it
+    return model, callback, crash
+
+
+def test_gpt2_rounds_across_train_calls_keep_the_lm_head_tied_and_resume_exactly(tmp_path):
+    model, callback, _ = _gpt2_rounds(tmp_path / "straight")
+    assert callback.ticket.round == 2
+    assert model.lm_head.weight is model.transformer.wte.weight  # the tie survives pruning and rewinding
+    check_zeros(model, callback.ticket.masks)
+    crashed_model, crashed, crash = _gpt2_rounds(tmp_path / "run", crash_in_second=3)
+    assert crashed.ticket.round == 1 and same(effective(crashed_model), crash.values)
+    # the crashed process is gone; a new one resumes the second train() call from its checkpoint-2
+    resumed_model, resumed, _ = _gpt2_rounds(tmp_path / "run", resume=str(tmp_path / "run" / "checkpoint-2"))
+    assert resumed.ticket.round == 2
+    assert same(resumed.ticket.masks, callback.ticket.masks)
+    assert same(effective(resumed_model), effective(model))
+    assert resumed_model.lm_head.weight is resumed_model.transformer.wte.weight
+
+
+def test_after_an_exception_the_next_train_call_aborts_the_stale_round_and_runs_a_whole_one(tmp_path, caplog):
+    model = bert()
+    callback = LotteryTicketCallback(rate=0.2, rounds=2)
+    trainer = transformers.Trainer(model=model, args=make_args(tmp_path), train_dataset=Data(), callbacks=[callback])
+    crash = Crash(2)
+    trainer.add_callback(crash)
+    with pytest.raises(KeyboardInterrupt):
+        trainer.train()
+    ticket = callback.ticket
+    assert ticket.round == 0 and ticket.sparsity == 0.0 and same(effective(model), crash.values)  # nothing lost
+    trainer.remove_callback(crash)
+    with caplog.at_level(logging.WARNING, logger="torch_lottery"):
+        trainer.train()
+    assert any("earlier trainer.train()" in r.getMessage() for r in caplog.records)
+    assert ticket.round == 1 and ticket.sparsity > 0
+    check_zeros(model, ticket.masks)
+
+
+def test_callback_options_are_checked_before_any_trainer_exists(tmp_path):
+    with pytest.raises(TypeError, match="unknown option ratee=0.2"):
+        LotteryTicketCallback(ratee=0.2)
+    with pytest.raises(TypeError, match="optimizer= is supplied by the Trainer"):
+        LotteryTicketCallback(rate=0.2, optimizer=None)
+    with pytest.raises(ValueError, match=r"rate=1.5 is outside \[0, 1\)"):
+        LotteryTicketCallback(rate=1.5)
+    with pytest.raises(ValueError, match="every_n_epochs=0 must be a positive int"):
+        LotteryTicketCallback(rate=0.2, every_n_epochs=0)
+    with pytest.raises(ValueError, match="backend='bogus'"):
+        LotteryTicketCallback(rate=0.2, backend="bogus")
+    with pytest.raises(RuntimeError, match="no model yet"):
+        LotteryTicketCallback(rate=0.2).ticket
+
+
+# -- save_pretrained ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("backend", ["prune", "baked"])
+@pytest.mark.parametrize("build", [bert, gpt2], ids=["bert", "gpt2"])
+def test_save_pretrained_writes_zeros_that_from_pretrained_reads_and_the_ticket_beside_them(build, backend, tmp_path):
+    model = build()
+    model.eval()
+    ticket = LotteryTicket(model, sparsity=0.5, rounds=1, backend=backend)
+    with ticket:
+        pass
+    save_pretrained(ticket, tmp_path / "saved")
+    loaded = type(model).from_pretrained(tmp_path / "saved")
+    loaded.eval()
+    check_zeros(loaded, ticket.masks)
+    ids = torch.tensor([[1, 5, 7, 2, 9]])
+    assert torch.equal(loaded(ids).logits, model(ids).logits)
+    if build is gpt2:
+        assert loaded.lm_head.weight is loaded.transformer.wte.weight
+    again = load_ticket(tmp_path / "saved" / TICKET_FILE, type(model).from_pretrained(tmp_path / "saved"))
+    assert again.round == 1 and same(again.masks, ticket.masks)  # masks and rewind point: IMP continues
+
+
+def test_save_pretrained_refuses_what_it_cannot_write_and_checks_what_was_written(tmp_path):
+    model = bert()
+    ticket = LotteryTicket(model, sparsity=0.5, rounds=1)
+    with ticket:
+        pass
+    with pytest.raises(TypeError, match="no save_pretrained"):
+        save_pretrained(torch.nn.Linear(2, 2), tmp_path / "x")
+    with pytest.raises(TypeError, match="neither a LotteryTicket nor an nn.Module"):
+        save_pretrained("model", tmp_path / "x")
+    (tmp_path / "file").write_text("")
+    with pytest.raises(ValueError, match="is a file; pass a folder"):
+        save_pretrained(ticket, tmp_path / "file")
+    assert not (tmp_path / "x").exists()
+    dense = bert().state_dict()  # a state dict whose pruned entries are not zero
+    with pytest.raises(RuntimeError, match="differs from the pruned model's value"):
+        save_pretrained(ticket, tmp_path / "dense", state_dict=dense)
+    assert not (tmp_path / "dense" / TICKET_FILE).exists()
+
+
+@pytest.mark.parametrize("backend", ["prune", "baked"])
+def test_resuming_an_older_checkpoint_in_the_same_process_replays_the_run_exactly(backend, tmp_path):
+    # the Trainer loads the model before the callback restores the older (larger) masks: under a baked
+    # backend the weights those masks keep were zeroed at load, so the callback loads them again
+    model = bert()
+    callback = LotteryTicketCallback(rate=0.25, rounds=2, every_n_epochs=1, backend=backend)
+    args = make_args(tmp_path, num_train_epochs=3, save_strategy="epoch")
+    trainer = transformers.Trainer(model=model, args=args, train_dataset=Data(), callbacks=[callback])
+    trainer.train()
+    final, masks, history = effective(model), callback.ticket.masks, callback.ticket.history
+    trainer.train(resume_from_checkpoint=str(tmp_path / "checkpoint-4"))  # back to the end of round 1
+    assert callback.ticket.round == 2 and callback.ticket.history == history
+    assert same(callback.ticket.masks, masks)
+    assert same(effective(model), final)

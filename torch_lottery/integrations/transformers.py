@@ -300,7 +300,11 @@ class LotteryTicketCallback(TrainerCallback):
             )
         if self.reset_optimizer:  # attached first: loading the state then sets the rewind point's optimizer state
             ticket.attach(optimizer=_inner(kwargs.get("optimizer"), "optimizer"), scheduler=_inner(kwargs.get("lr_scheduler"), "scheduler"))
+        current = ticket.masks
+        regrows = any(bool((saved["masks"][f].to(m.device) & ~m).any()) for f, m in current.items() if f in saved["masks"])
         ticket.load_state_dict(saved)  # the model holds the checkpoint's weights already: masks go over them
+        if regrows:  # an older checkpoint than the masks in force: baked backends zeroed its values at load
+            unwrap_model(kwargs["model"]).load_state_dict(_saved_tensors(folder, "LotteryTicketCallback"), strict=False)
         logger.info("restored ticket from %s (round %d, sparsity %.4f)", folder, ticket.round, ticket.sparsity)
 
     def _begin_round(self) -> None:
