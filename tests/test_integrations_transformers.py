@@ -339,3 +339,27 @@ def test_resuming_an_older_checkpoint_in_the_same_process_replays_the_run_exactl
     assert callback.ticket.round == 2 and callback.ticket.history == history
     assert same(callback.ticket.masks, masks)
     assert same(effective(model), final)
+
+
+@pytest.mark.parametrize("package, module", [("transformers", "transformers"), ("accelerate", "accelerate")])
+def test_the_integration_is_a_leaf_that_names_its_extra_when_the_package_is_missing(package, module):
+    import subprocess
+    import sys
+    import textwrap
+
+    code = textwrap.dedent(f"""
+        import sys
+        class Block:
+            def find_spec(self, name, path=None, target=None):
+                if name.split(".")[0] == {package!r}:
+                    raise ModuleNotFoundError(f"No module named {{name!r}}")
+        sys.meta_path.insert(0, Block())
+        import torch_lottery.integrations
+        try:
+            import torch_lottery.integrations.{module}
+        except ModuleNotFoundError as exc:
+            print(exc)
+    """)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert f"pip install torch_lottery[{package}]" in out.stdout
