@@ -341,25 +341,94 @@ def test_resuming_an_older_checkpoint_in_the_same_process_replays_the_run_exactl
     assert same(effective(model), final)
 
 
-@pytest.mark.parametrize("package, module", [("transformers", "transformers"), ("accelerate", "accelerate")])
-def test_the_integration_is_a_leaf_that_names_its_extra_when_the_package_is_missing(package, module):
+def test_the_integrations_are_leaves_that_name_their_extra_when_the_package_is_missing():
     import subprocess
     import sys
     import textwrap
 
-    code = textwrap.dedent(f"""
-        import sys
+    code = textwrap.dedent("""
+        import importlib, sys
+        blocked = set()
         class Block:
             def find_spec(self, name, path=None, target=None):
-                if name.split(".")[0] == {package!r}:
-                    raise ModuleNotFoundError(f"No module named {{name!r}}")
+                if name.split(".")[0] in blocked:
+                    raise ModuleNotFoundError(f"No module named {name!r}")
         sys.meta_path.insert(0, Block())
         import torch_lottery.integrations
-        try:
-            import torch_lottery.integrations.{module}
-        except ModuleNotFoundError as exc:
-            print(exc)
+        for package in ("transformers", "accelerate"):
+            blocked.add(package)
+            try:
+                importlib.import_module("torch_lottery.integrations." + package)
+            except ModuleNotFoundError as exc:
+                print(exc)
     """)
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
-    assert f"pip install torch_lottery[{package}]" in out.stdout
+    for package in ("transformers", "accelerate"):
+        assert f"pip install torch_lottery[{package}]" in out.stdout
+
+
+class Record(transformers.TrainerCallback):
+    """Keeps the model's values and AdamW's state after optimizer step ``at``."""
+
+    def __init__(self, at: int) -> None:
+        self.at, self.values, self.moments = at, None, None
+
+    def on_step_end(self, args, state, control, model=None, optimizer=None, **kwargs):
+        if state.global_step == self.at:
+            self.values = effective(model)
+            inner = optimizer.optimizer
+            self.moments = {i: {k: v.clone() for k, v in s.items()} for i, s in enumerate(inner.state.values())}
+
+
+def test_late_rewinding_restores_theta_k_and_adamws_state_at_step_k(tmp_path):
+    model = bert()
+    callback = LotteryTicketCallback(rate=0.2, rounds=2, rewind=2)
+    record = Record(2)
+    trainer = transformers.Trainer(model=model, args=make_args(tmp_path), train_dataset=Data(), callbacks=[callback, record])
+    trainer.train()
+    ticket = callback.ticket
+    assert ticket.round == 1
+    for key, value in effective(model).items():
+        mask = ticket.masks.get(key)
+        assert torch.equal(value, record.values[key] if mask is None else record.values[key] * mask), key
+    inner = trainer.optimizer.optimizer
+    restored = {i: s for i, s in enumerate(inner.state.values())}
+    assert restored.keys() == record.moments.keys() and len(restored) > 0
+    for i, saved in record.moments.items():  # AdamW's moments and step count as they were at step k
+        assert all(torch.equal(restored[i][k], v) for k, v in saved.items())
+
+
+def test_resuming_before_the_rewind_step_was_reached_raises(tmp_path):
+    def run(resume=None, crash=None):
+        callback = LotteryTicketCallback(rate=0.2, rounds=2, rewind=3)
+        args = make_args(tmp_path, save_strategy="steps", save_steps=2)
+        callbacks = [callback] + ([Crash(crash)] if crash else [])
+        trainer = transformers.Trainer(model=bert(), args=args, train_dataset=Data(), callbacks=callbacks)
+        trainer.train(resume_from_checkpoint=resume)
+
+    with pytest.raises(KeyboardInterrupt):
+        run(crash=3)
+    with pytest.raises(RuntimeError, match="precedes the rewind step rewind=3"):
+        run(resume=str(tmp_path / "checkpoint-2"))
+
+
+def test_resuming_with_the_ticket_files_of_another_run_raises(tmp_path):
+    _imp_in_one_call(tmp_path / "a", crash_at=7)
+    model = bert(seed=1)  # another run: other weights, other masks
+    callback = LotteryTicketCallback(rate=0.25, rounds=2, every_n_epochs=1)
+    args = make_args(tmp_path / "b", num_train_epochs=3, save_strategy="steps", save_steps=3)
+    trainer = transformers.Trainer(model=model, args=args, train_dataset=Data(), callbacks=[callback, Crash(7)])
+    with pytest.raises(KeyboardInterrupt):
+        trainer.train()
+    for name in (TICKET_FILE, STATE_FILE):  # a's ticket files beside b's weights
+        os.replace(tmp_path / "a" / "checkpoint-6" / name, tmp_path / "b" / "checkpoint-6" / name)
+    with pytest.raises(RuntimeError, match="belongs to another run"):
+        _imp_in_one_call(tmp_path / "b", resume=str(tmp_path / "b" / "checkpoint-6"))
+
+
+def test_one_callback_per_model(tmp_path):
+    callback = LotteryTicketCallback(rate=0.2)
+    transformers.Trainer(model=bert(), args=make_args(tmp_path), train_dataset=Data(), callbacks=[callback])
+    with pytest.raises(RuntimeError, match="not the one the ticket prunes"):
+        transformers.Trainer(model=bert(), args=make_args(tmp_path), train_dataset=Data(), callbacks=[callback])

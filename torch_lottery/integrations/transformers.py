@@ -34,6 +34,7 @@ import torch
 from torch import Tensor, nn
 
 from ..backends import BACKENDS, effective_state_dict
+from ..files import atomic_write
 from ..lottery import LotteryTicket
 from ..scoring import get_criterion
 from ..settings import TicketSettings
@@ -66,8 +67,11 @@ def _check_ticket_options(options: dict[str, Any], fn: str) -> None:
         if name not in _TICKET_OPTIONS:
             raise TypeError(f"{fn}: unknown option {name}={options[name]!r}; LotteryTicket options are {list(_TICKET_OPTIONS)}")
     fields = {f for f in TicketSettings.__dataclass_fields__ if f not in ("criterion", "importance")}
-    TicketSettings(**{k: v for k, v in options.items() if k in fields})
-    get_criterion(options.get("criterion", "magnitude"))
+    try:
+        TicketSettings(**{k: v for k, v in options.items() if k in fields})
+        get_criterion(options.get("criterion", "magnitude"))
+    except (TypeError, ValueError) as exc:  # the same message, naming this constructor
+        raise type(exc)(str(exc).replace("LotteryTicket():", fn)) from None
     backend = options.get("backend", "prune")
     if backend not in BACKENDS:
         raise ValueError(f"{fn}: backend={backend!r} is not one of {sorted(BACKENDS)}")
@@ -80,7 +84,7 @@ def _inner(obj: Any, attr: str) -> Any:
     return obj
 
 
-def checkpoint_folder(args: Any, state: Any) -> str:
+def _checkpoint_folder(args: Any, state: Any) -> str:
     """The ``checkpoint-<global_step>`` folder the Trainer writes at this step (``args.output_dir`` based)."""
     return os.path.join(args.output_dir, f"{_CHECKPOINT_PREFIX}-{state.global_step}")
 
@@ -210,7 +214,7 @@ class LotteryTicketCallback(TrainerCallback):
         if self._open:  # a previous train() raised: the Trainer never reached on_train_end
             self._abort_round("an exception in an earlier trainer.train() call")
         if state.global_step > 0:  # a resumed run: TrainerState came from a checkpoint
-            self._restore(checkpoint_folder(args, state), state, kwargs)
+            self._restore(_checkpoint_folder(args, state), state, kwargs)
         elif self.reset_optimizer:
             ticket.attach(optimizer=_inner(kwargs.get("optimizer"), "optimizer"), scheduler=_inner(kwargs.get("lr_scheduler"), "scheduler"))
         if self.every_n_epochs is None and not ticket.done:
@@ -240,7 +244,7 @@ class LotteryTicketCallback(TrainerCallback):
     def on_save(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         if not args.should_save:
             return
-        folder = checkpoint_folder(args, state)
+        folder = _checkpoint_folder(args, state)
         if not os.path.isdir(folder):
             raise RuntimeError(
                 f"LotteryTicketCallback.on_save(): the Trainer's checkpoint folder {folder!r} does not exist, so the "
@@ -263,7 +267,8 @@ class LotteryTicketCallback(TrainerCallback):
             "optimizer_state": state.get("optimizer_state"),
             "scheduler_state": state.get("scheduler_state"),
         }
-        torch.save(extra, os.path.join(folder, STATE_FILE))
+        with atomic_write(os.path.join(folder, STATE_FILE), fn="LotteryTicketCallback.save_checkpoint") as handle:
+            torch.save(extra, handle)
 
     def _ensure_ticket(self, model: Optional[nn.Module]) -> LotteryTicket:
         if model is None:
@@ -298,6 +303,7 @@ class LotteryTicketCallback(TrainerCallback):
                 f"LotteryTicketCallback: the checkpoint at step {state.global_step} precedes the rewind step "
                 f"rewind={ticket.rewind!r}, which resuming cannot count on; resume from a later checkpoint"
             )
+        _check_belongs(ticket, saved["masks"], folder)
         if self.reset_optimizer:  # attached first: loading the state then sets the rewind point's optimizer state
             ticket.attach(optimizer=_inner(kwargs.get("optimizer"), "optimizer"), scheduler=_inner(kwargs.get("lr_scheduler"), "scheduler"))
         current = ticket.masks
@@ -328,6 +334,19 @@ class LotteryTicketCallback(TrainerCallback):
             "epoch": state.epoch,
             "step": state.global_step,
         })
+
+
+def _check_belongs(ticket: LotteryTicket, masks: dict[str, Tensor], folder: str) -> None:
+    """The weights the Trainer just loaded must be zero wherever the checkpoint's ticket prunes."""
+    values = effective_state_dict(ticket.model, fn="LotteryTicketCallback")
+    for fqn, mask in masks.items():
+        value = values[fqn]
+        if bool((value[~mask.to(value.device)] != 0).any()):
+            raise RuntimeError(
+                f"LotteryTicketCallback: the checkpoint's weights are nonzero where the ticket in {folder!r} prunes "
+                f"{fqn!r}: that ticket belongs to another run; resume from a checkpoint folder of this run in "
+                "args.output_dir"
+            )
 
 
 def save_pretrained(ticket_or_model: Union[LotteryTicket, nn.Module], folder: Union[str, os.PathLike], **kwargs: Any) -> None:
@@ -378,10 +397,10 @@ def save_pretrained(ticket_or_model: Union[LotteryTicket, nn.Module], folder: Un
     logger.info("saved pruned %s to %s", type(model).__name__, os.fspath(folder))
 
 
-def _saved_tensors(folder: Union[str, os.PathLike], fn: str) -> dict[str, Tensor]:
+def _weight_files(folder: Union[str, os.PathLike], fn: str) -> list[str]:
+    """The safetensors files of a ``save_pretrained`` folder (one file, or the shards its index names)."""
     import json
 
-    from safetensors.torch import load_file
     from transformers.utils import SAFE_WEIGHTS_INDEX_NAME, SAFE_WEIGHTS_NAME
 
     index = os.path.join(folder, SAFE_WEIGHTS_INDEX_NAME)
@@ -391,23 +410,34 @@ def _saved_tensors(folder: Union[str, os.PathLike], fn: str) -> dict[str, Tensor
     elif os.path.isfile(os.path.join(folder, SAFE_WEIGHTS_NAME)):
         files = [SAFE_WEIGHTS_NAME]
     else:
-        raise RuntimeError(f"{fn}: save_pretrained wrote no {SAFE_WEIGHTS_NAME} into {os.fspath(folder)!r}; cannot check the zeros")
+        raise RuntimeError(f"{fn}: {os.fspath(folder)!r} holds no {SAFE_WEIGHTS_NAME}; cannot read the model's weights")
+    return [os.path.join(folder, name) for name in files]
+
+
+def _saved_tensors(folder: Union[str, os.PathLike], fn: str) -> dict[str, Tensor]:
+    from safetensors.torch import load_file
+
     out: dict[str, Tensor] = {}
-    for name in files:
-        out.update(load_file(os.path.join(folder, name)))
+    for path in _weight_files(folder, fn):
+        out.update(load_file(path))
     return out
 
 
 def _verify_saved(folder: Union[str, os.PathLike], expected: dict[str, Tensor], targets: list[str], fn: str) -> None:
     """Every saved tensor equals the pruned model's value; every target is saved (itself or a tied alias)."""
-    saved = _saved_tensors(folder, fn)
-    for key, value in saved.items():
-        want = expected.get(key)
-        if want is not None and not torch.equal(value, want.detach().cpu()):
-            raise RuntimeError(
-                f"{fn}: {key!r} in {os.fspath(folder)!r} differs from the pruned model's value (pruned entries not "
-                "zero?); the folder does not hold the ticket: do not use it"
-            )
+    from safetensors import safe_open
+
+    saved: set[str] = set()
+    for path in _weight_files(folder, fn):
+        with safe_open(path, framework="pt") as handle:  # one tensor in memory at a time
+            for key in handle.keys():
+                saved.add(key)
+                want = expected.get(key)
+                if want is not None and not torch.equal(handle.get_tensor(key), want.detach().cpu()):
+                    raise RuntimeError(
+                        f"{fn}: {key!r} in {os.fspath(folder)!r} differs from the pruned model's value (pruned entries "
+                        "not zero?); the folder does not hold the ticket: do not use it"
+                    )
     ids = {id(v): k for k, v in expected.items() if k in saved}
     missing = [f for f in targets if f not in saved and id(expected.get(f)) not in ids]
     if missing:
