@@ -190,6 +190,20 @@ class TicketTensors:
     rewind: dict[str, Tensor] = field(default_factory=dict)
     trained: dict[str, Tensor] = field(default_factory=dict)
 
+    def state_dict(self) -> dict[str, Any]:
+        """The ticket ``state_dict()`` this file holds, for ``LotteryTicket.load_state_dict`` (no optimizer or
+        scheduler state: a ticket file does not store them)."""
+        meta = self.metadata
+        return {
+            "config": dict(meta["config"]),
+            "round": meta["round"],
+            "history": meta["history"],
+            "masks": self.masks,
+            "rewind_weights": self.rewind,
+            "rewind_captured": meta["rewind_captured"],
+            "steps": meta["steps"],
+        }
+
 
 def _describe(obj: object) -> str:
     if isinstance(obj, Tensor):

@@ -169,15 +169,7 @@ def load_ticket(
 
         importance = config.get("importance", "l1")  # a custom importance is refused here, by name
         overrides["example_inputs"] = ChannelPlan.from_dict(model, meta["channels"], importance=importance)
-    state = {
-        "config": config,
-        "round": meta["round"],
-        "history": meta["history"],
-        "masks": content.masks,
-        "rewind_weights": content.rewind,
-        "rewind_captured": meta["rewind_captured"],
-        "steps": meta["steps"],
-    }
+    state = content.state_dict()
     values = content.rewind if weights == "rewind" else content.trained
     with _rollback_on_error(model):  # building the ticket adopts masks already in the model: roll that back too
         try:

@@ -115,19 +115,9 @@ def load_checkpoint_state(folder: Union[str, os.PathLike]) -> dict[str, Any]:
             f"{fn}: {state_path!r} was written with another {TICKET_FILE} than the one in {os.fspath(folder)!r}; "
             "the checkpoint folder is damaged (resume from an earlier checkpoint)"
         )
-    meta = content.metadata
-    return {
-        "config": dict(meta["config"]),
-        "round": meta["round"],
-        "history": meta["history"],
-        "masks": content.masks,
-        "rewind_weights": content.rewind,
-        "rewind_captured": meta["rewind_captured"],
-        "steps": meta["steps"],
-        "optimizer_state": extra["optimizer_state"],
-        "scheduler_state": extra["scheduler_state"],
-        "global_step": extra["global_step"],
-    }
+    state = content.state_dict()
+    state.update(optimizer_state=extra["optimizer_state"], scheduler_state=extra["scheduler_state"], global_step=extra["global_step"])
+    return state
 
 
 class LotteryTicketCallback(TrainerCallback):
