@@ -432,3 +432,37 @@ def test_one_callback_per_model(tmp_path):
     transformers.Trainer(model=bert(), args=make_args(tmp_path), train_dataset=Data(), callbacks=[callback])
     with pytest.raises(RuntimeError, match="not the one the ticket prunes"):
         transformers.Trainer(model=bert(), args=make_args(tmp_path), train_dataset=Data(), callbacks=[callback])
+
+
+def test_save_pretrained_checks_every_shard_of_a_sharded_folder(tmp_path):
+    model = gpt2()
+    ticket = LotteryTicket(model, sparsity=0.5, rounds=1)
+    with ticket:
+        pass
+    save_pretrained(ticket, tmp_path / "sharded", max_shard_size="20KB")
+    shards = sorted(p.name for p in (tmp_path / "sharded").glob("model-*.safetensors"))
+    assert len(shards) > 1 and (tmp_path / "sharded" / "model.safetensors.index.json").is_file()
+    loaded = transformers.GPT2LMHeadModel.from_pretrained(tmp_path / "sharded")
+    check_zeros(loaded, ticket.masks)
+
+
+@pytest.mark.parametrize("backend", ["prune", "baked"])
+def test_a_pruned_tied_embedding_and_lm_head_stay_tied_through_rounds_and_save_pretrained(backend, tmp_path):
+    model = gpt2()
+    callback = LotteryTicketCallback(rate=0.3, rounds=2, targets=["lm_head.weight", "*c_attn.weight"], backend=backend)
+    trainer = transformers.Trainer(model=model, args=make_args(tmp_path), train_dataset=Data(lm=True), callbacks=[callback])
+    ticket = callback.ticket
+    assert ticket.target_fqns[0] == "transformer.wte.weight" and ticket.targets[0].aliases == (("lm_head", "weight"),)
+    trainer.train()
+    trainer.train()
+    assert ticket.round == 2
+    head, wte = model.lm_head, model.transformer.wte
+    trainable = (lambda m: m.weight_orig) if backend == "prune" else (lambda m: m.weight)
+    assert trainable(head) is trainable(wte)  # one Parameter under both names, as before pruning
+    assert torch.equal(head.weight, wte.weight)
+    mask = ticket.masks["transformer.wte.weight"]
+    assert int((~mask).sum()) > 0 and int((wte.weight[~mask] != 0).sum()) == 0
+    save_pretrained(ticket, tmp_path / "saved")
+    loaded = transformers.GPT2LMHeadModel.from_pretrained(tmp_path / "saved")
+    assert loaded.lm_head.weight is loaded.transformer.wte.weight
+    assert torch.equal(loaded.transformer.wte.weight, wte.weight)

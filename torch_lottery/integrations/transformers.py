@@ -352,7 +352,8 @@ def save_pretrained(ticket_or_model: Union[LotteryTicket, nn.Module], folder: Un
     Args:
         ticket_or_model: a :class:`~torch_lottery.LotteryTicket` over a transformers model, or the model.
         folder: the output folder (created if missing).
-        **kwargs: passed to the model's ``save_pretrained`` (``max_shard_size``, ``push_to_hub``, ...).
+        **kwargs: passed to the model's ``save_pretrained`` (``max_shard_size``, ...); the check reads the
+            local folder after the model's ``save_pretrained`` returns.
 
     Raises:
         TypeError: not a ticket or module, a model without ``save_pretrained``, a bad ``folder``.
