@@ -250,6 +250,18 @@ def test_gpt2_rounds_across_train_calls_keep_the_lm_head_tied_and_resume_exactly
     assert resumed_model.lm_head.weight is resumed_model.transformer.wte.weight
 
 
+def test_a_round_aborted_by_hand_after_an_exception_lets_the_next_train_call_run_a_whole_one(tmp_path):
+    model = bert()
+    callback = LotteryTicketCallback(rate=0.2, rounds=2)
+    trainer = transformers.Trainer(model=model, args=make_args(tmp_path), train_dataset=Data(), callbacks=[callback, Crash(2)])
+    with pytest.raises(KeyboardInterrupt):
+        trainer.train()
+    callback.ticket.abort_round_()  # as the docs say, instead of waiting for the next train()
+    trainer.pop_callback(Crash)
+    trainer.train()
+    assert callback.ticket.round == 1
+
+
 def test_after_an_exception_the_next_train_call_aborts_the_stale_round_and_runs_a_whole_one(tmp_path, caplog):
     model = bert()
     callback = LotteryTicketCallback(rate=0.2, rounds=2)

@@ -202,7 +202,11 @@ class LotteryTicketCallback(TrainerCallback):
     def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         ticket = self._ensure_ticket(kwargs.get("model"))
         if self._open:  # a previous train() raised: the Trainer never reached on_train_end
-            self._abort_round("an exception in an earlier trainer.train() call")
+            self._open = False
+            try:
+                ticket.abort_round_("an exception in an earlier trainer.train() call")
+            except RuntimeError:  # no round open: closed by hand (ticket.abort_round_()) since
+                pass
         if state.global_step > 0:  # a resumed run: TrainerState came from a checkpoint
             self._restore(_checkpoint_folder(args, state), state, kwargs)
         elif self.reset_optimizer:
