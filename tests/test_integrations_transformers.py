@@ -478,3 +478,28 @@ def test_a_pruned_tied_embedding_and_lm_head_stay_tied_through_rounds_and_save_p
     loaded = transformers.GPT2LMHeadModel.from_pretrained(tmp_path / "saved")
     assert loaded.lm_head.weight is loaded.transformer.wte.weight
     assert torch.equal(loaded.transformer.wte.weight, wte.weight)
+
+
+@pytest.mark.slow
+def test_ddp_trainer_under_torchrun_prunes_alike_on_every_rank_and_resumes_exactly(tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    worker = Path(__file__).parent / "workers" / "hf_ddp_worker.py"
+    root = str(Path(__file__).resolve().parents[1])
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join([root, os.environ.get("PYTHONPATH", "")])}
+    out = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2", str(worker), str(tmp_path)],
+        capture_output=True, text=True, timeout=300, env=env,
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    runs = {name: [torch.load(tmp_path / f"{name}_{r}.pt") for r in (0, 1)] for name in ("straight", "resumed")}
+    reference = runs["straight"][0]
+    assert reference["round"] == 2 and any(not m.all() for m in reference["masks"].values())
+    for name, ranks in runs.items():
+        for result in ranks:
+            assert result["round"] == 2
+            assert same(result["masks"], reference["masks"]), name
+            assert same(result["weights"], reference["weights"]), name
+    assert (tmp_path / "run" / "checkpoint-2" / TICKET_FILE).is_file()
