@@ -23,7 +23,7 @@ import os
 from typing import Any, Optional, Union
 
 try:
-    from transformers import TrainerCallback
+    from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 except ModuleNotFoundError as exc:  # an optional leaf: the core never imports this module
     raise ModuleNotFoundError(
         "torch_lottery.integrations.transformers needs the transformers package; "
@@ -84,7 +84,7 @@ def _inner(obj: Any, attr: str) -> Any:
     return obj
 
 
-def _checkpoint_folder(args: Any, state: Any) -> str:
+def _checkpoint_folder(args: TrainingArguments, state: TrainerState) -> str:
     """The ``checkpoint-<global_step>`` folder the Trainer writes at this step (``args.output_dir`` based)."""
     return os.path.join(args.output_dir, f"{_CHECKPOINT_PREFIX}-{state.global_step}")
 
@@ -196,10 +196,10 @@ class LotteryTicketCallback(TrainerCallback):
         return f"LotteryTicketCallback(every_n_epochs={self.every_n_epochs}, ticket={self._ticket!r})"
 
     # ------------------------------------------------------------------ Trainer events
-    def on_init_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+    def on_init_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any) -> None:
         self._ensure_ticket(kwargs.get("model"))
 
-    def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+    def on_train_begin(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any) -> None:
         ticket = self._ensure_ticket(kwargs.get("model"))
         if self._open:  # a previous train() raised: the Trainer never reached on_train_end
             self._open = False
@@ -214,17 +214,17 @@ class LotteryTicketCallback(TrainerCallback):
         if self.every_n_epochs is None and not ticket.done:
             self._begin_round()
 
-    def on_epoch_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+    def on_epoch_begin(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any) -> None:
         if self.every_n_epochs is not None and not self._open and not self.ticket.done:
             self._begin_round()
 
-    def on_epoch_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+    def on_epoch_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any) -> None:
         epochs = round(state.epoch or 0)
         whole = math.isclose(state.epoch or 0, epochs, abs_tol=1e-6)
         if self.every_n_epochs is not None and self._open and whole and epochs % self.every_n_epochs == 0:
             self._end_round(state)
 
-    def on_train_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+    def on_train_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any) -> None:
         ticket = self.ticket
         if self._open:
             if self.every_n_epochs is None:
@@ -235,7 +235,7 @@ class LotteryTicketCallback(TrainerCallback):
             os.makedirs(args.output_dir, exist_ok=True)
             ticket.save(os.path.join(args.output_dir, TICKET_FILE))
 
-    def on_save(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+    def on_save(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any) -> None:
         if not args.should_save:
             return
         folder = _checkpoint_folder(args, state)
@@ -277,7 +277,7 @@ class LotteryTicketCallback(TrainerCallback):
             )
         return self._ticket
 
-    def _restore(self, folder: str, state: Any, kwargs: dict[str, Any]) -> None:
+    def _restore(self, folder: str, state: TrainerState, kwargs: dict[str, Any]) -> None:
         ticket = self.ticket
         try:
             saved = load_checkpoint_state(folder)
@@ -315,7 +315,7 @@ class LotteryTicketCallback(TrainerCallback):
         self._open = False
         self.ticket.abort_round_(reason)
 
-    def _end_round(self, state: Any) -> None:
+    def _end_round(self, state: TrainerState) -> None:
         ticket = self.ticket
         self._open = False  # end_round_ closes the round even when pruning fails (the trained weights are kept)
         ticket.end_round_()
