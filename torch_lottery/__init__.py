@@ -9,6 +9,7 @@ from .backends import BACKENDS, BakedBackend, MaskBackend, PruneBackend
 from .analysis import mask_distance, mask_overlap
 from .connectivity import InstabilityResult, instability, interpolate, spawn_copies
 from .controls import fresh_init, random_masks_like
+from .decorators import lottery_ticket
 from .densities import DENSITY_RULES, kept_counts, layer_densities
 from .early_bird import EarlyBird
 from .lottery import LotteryTicket, per_round_rate
@@ -47,6 +48,7 @@ __all__ = [
     "fresh_init",
     "init_scores",
     "kept_counts",
+    "lottery_ticket",
     "layer_densities",
     "load_ticket",
     "per_round_rate",

@@ -175,6 +175,21 @@ class PruneBackend(MaskBackend):
         self._param_order: dict[int, list[str]] = {}  # key order before the first mask, for unapply_
         self._state_hooks: dict[tuple[int, str], list[torch.utils.hooks.RemovableHandle]] = {}
 
+    def __getstate__(self) -> dict[str, Any]:
+        # The tables are keyed by id(module): a copy (deepcopy, pickle) re-keys them by its own modules.
+        state = self.__dict__.copy()
+        modules = {id(m): m for m in self.model.modules()}
+        state["_reader_hooks"] = [(modules[k], v) for k, v in self._reader_hooks.items() if k in modules]
+        state["_param_order"] = [(modules[k], v) for k, v in self._param_order.items() if k in modules]
+        state["_state_hooks"] = [(modules[k], name, v) for (k, name), v in self._state_hooks.items() if k in modules]
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        state["_reader_hooks"] = {id(m): v for m, v in state["_reader_hooks"]}
+        state["_param_order"] = {id(m): v for m, v in state["_param_order"]}
+        state["_state_hooks"] = {(id(m), name): v for m, name, v in state["_state_hooks"]}
+        self.__dict__.update(state)
+
     def _hook(self, module: nn.Module, name: str) -> prune.BasePruningMethod | None:
         for hook in module._forward_pre_hooks.values():
             if isinstance(hook, prune.BasePruningMethod) and hook._tensor_name == name:
@@ -500,6 +515,33 @@ class BakedBackend(MaskBackend):
         self._clean: weakref.WeakKeyDictionary[torch.optim.Optimizer, _Clean] = weakref.WeakKeyDictionary()
         self._pending: weakref.WeakKeyDictionary[torch.optim.Optimizer, tuple[bool, list]] = weakref.WeakKeyDictionary()
         self._grads: dict[int, tuple[weakref.ref, int]] = {}  # id(param) -> (its masked .grad, _version)
+        self._guards: dict[str, list[_BakedGuard]] = {}  # fqn -> the guards its module hooks carry
+
+    def __getstate__(self) -> dict[str, Any]:
+        # A copy of the backend (deepcopy or pickle of its ticket) owns the copied model: its tables
+        # are re-keyed by the copied Parameters, its hooks registered anew, its guards owned by it.
+        state = {k: v for k, v in self.__dict__.items() if k not in ("_grad_hooks", "_step_hooks", "_clean", "_pending", "_grads")}
+        state["_params"] = list(self._params.values())
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        params = state.pop("_params")
+        self.__dict__.update(state)
+        self._grad_hooks, self._step_hooks, self._grads = {}, [], {}
+        self._clean, self._pending = weakref.WeakKeyDictionary(), weakref.WeakKeyDictionary()
+        self._params = {id(p): (p, stored) for p, stored in params}
+        for fqn, stored in self._masks.items():
+            for p, mine in params:
+                if mine is stored:
+                    self._grad_hooks[fqn] = p.register_post_accumulate_grad_hook(
+                        functools.partial(_mask_grad_, weakref.ref(self), stored)
+                    )
+        for guards in self._guards.values():
+            for guard in guards:
+                guard.backend = weakref.ref(self)
+        self._epoch += 1
+        if self._masks:
+            self._watch_steps()
 
     def _check_plain(self, target: Target) -> nn.Parameter:
         owner = get_place(self.model, target.module_name)
@@ -562,6 +604,7 @@ class BakedBackend(MaskBackend):
         if stored is None:  # the module hooks of a first apply_ go too
             for handle in self._module_hooks.pop(fqn, ()):
                 handle.remove()
+            self._guards.pop(fqn, None)
         for table, key, value in zip((self._masks, self._grad_hooks, self._params, self._undo), (fqn, fqn, id(param), fqn), prior):
             if value is None:
                 table.pop(key, None)
@@ -648,6 +691,7 @@ class BakedBackend(MaskBackend):
         for module_name, name in target.places():
             module = get_place(self.model, module_name)
             guard = _BakedGuard(name, stored, self.bits, self)
+            self._guards.setdefault(target.fqn, []).append(guard)
             for path, reader in _direct_readers(self.model, module_name):  # reads the weight without module's forward
                 if path:
                     handles.append(reader.register_forward_pre_hook(functools.partial(_baked_reader_pre, guard, path)))
@@ -663,6 +707,7 @@ class BakedBackend(MaskBackend):
         self._grad_hooks.pop(fqn).remove()
         for handle in self._module_hooks.pop(fqn, ()):
             handle.remove()
+        self._guards.pop(fqn, None)
         self._params.pop(id(param), None)
         self._grads.pop(id(param), None)
         if not self._masks:

@@ -380,8 +380,9 @@ class LotteryTicket:
             what = fn.__name__ if isinstance(fn, type) else type(fn).__name__
             raise TypeError(
                 f"LotteryTicket.__call__(): fn={what!r} is a module{' class' if isinstance(fn, type) else ''}, not a "
-                "training function; use `with ticket:` around training, or build a ticket over the model with "
-                "LotteryTicket(model, ...)"
+                "training function; use `with ticket:` around training, build a ticket over the model with "
+                "LotteryTicket(model, ...), or give the model its own with torch_lottery.lottery_ticket(model, ...)"
+                " (@lottery_ticket(...) on a module class)"
             )
 
         @functools.wraps(fn)

@@ -120,6 +120,20 @@ class RewindPoint:
         self.steps = 0
         self.scheduler_pending = False
         self._hooks: list[Any] = []
+        self._counting: Optional[tuple[Callable[..., Any], Callable[..., Any]]] = None  # (live, owns) while counting
+
+    def __getstate__(self) -> dict[str, Any]:
+        # Hook handles and their closures do not copy; a copy (deepcopy, pickle) registers its own.
+        state = self.__dict__.copy()
+        state["_hooks"] = []
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        if self.store.on_disk and self.tensors is not None:  # copied into memory: back into the copy's own file
+            self.tensors = self.store.put(self.tensors)
+        if self._counting is not None and not self.captured:
+            self._register_counting(*self._counting)
 
     @property
     def taken(self) -> bool:
@@ -192,6 +206,12 @@ class RewindPoint:
         parameter of the model (``owns``) counts, through torch's global step hooks.
         """
         self.steps = 0
+        self._register_counting(live, owns)
+
+    def _register_counting(
+        self, live: Callable[[], Mapping[str, Tensor]], owns: Callable[[torch.optim.Optimizer], bool]
+    ) -> None:
+        self._counting = (live, owns)
         optimizer, scheduler = self.optimizer, self.scheduler
 
         def post(opt: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
@@ -218,6 +238,7 @@ class RewindPoint:
 
     def stop_counting(self) -> None:
         """Remove the step hooks (idempotent)."""
+        self._counting = None
         while self._hooks:
             self._hooks[-1].remove()
             self._hooks.pop()

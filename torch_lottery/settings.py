@@ -182,6 +182,10 @@ class TicketSettings:
             )
         return dataclasses.replace(self, **resolved)
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Copies and pickles rebuild (and so re-validate) from plain data; MappingProxyType does not pickle.
+        return (type(self).from_dict, (self.to_dict(),))
+
     def to_dict(self) -> dict[str, Any]:
         """The settings as JSON-able data, keyed by :data:`SETTINGS_KEYS` less ``targets``."""
         out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}

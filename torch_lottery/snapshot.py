@@ -14,7 +14,7 @@ import shutil
 import tempfile
 import weakref
 from pathlib import Path
-from typing import Mapping, Optional, Union
+from typing import Any, Mapping, Optional, Union
 
 import torch
 from torch import Tensor
@@ -26,6 +26,9 @@ __all__ = ["DiskStore", "MemoryStore", "SnapshotStore", "make_store", "mmap_safe
 
 class SnapshotStore:
     """Where a ticket's snapshots live. ``put`` copies tensors in; ``close`` frees what it holds."""
+
+    #: Whether stored tensors live in files: a copied ticket puts its copied tensors back into its store.
+    on_disk = False
 
     def put(self, tensors: Mapping[str, Tensor]) -> dict[str, Tensor]:
         """Copy ``tensors`` into the store; return the stored tensors, FQN -> tensor."""
@@ -55,11 +58,17 @@ class DiskStore(SnapshotStore):
     """
 
     FILE_NAME = "rewind.safetensors"
+    on_disk = True
 
     def __init__(self, folder: Optional[Union[str, os.PathLike]] = None) -> None:
         self.folder = Path(folder) if folder is not None else None
         self._owned = folder is None
         self._finalizer: Optional[weakref.finalize] = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        # A copy (deepcopy, pickle) of a store that owns a temporary folder gets its own folder on its
+        # next put; the tensors already stored are copied by whoever holds them, into memory.
+        return {"folder": None if self._owned else self.folder, "_owned": self._owned, "_finalizer": None}
 
     def _ensure_folder(self) -> Path:
         if self.folder is None:
