@@ -87,9 +87,12 @@ def _train(model: nn.Module, optimizer: torch.optim.Optimizer, steps: int = 2) -
         optimizer.step()
 
 
-def _setup(backend: str, rounds_done: int) -> tuple[nn.Module, LotteryTicket, torch.optim.Optimizer]:
+def _setup(backend: str, rounds_done: int, adam: bool = False) -> tuple[nn.Module, LotteryTicket, torch.optim.Optimizer]:
     model = _model()
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    if adam:  # restored in place at each rewind (rewind.load_optimizer_state_in_place_)
+        optimizer: torch.optim.Optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
+    else:
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
     ticket = LotteryTicket(model, rate=0.4, optimizer=optimizer, backend=backend)
     for _ in range(rounds_done):
         with ticket:
@@ -116,15 +119,15 @@ def _run(action: Callable[[LotteryTicket], Any], ticket: LotteryTicket, at: int 
     return inject, interrupted
 
 
-def _sweep(backend: str, rounds_done: int, action: Callable[[LotteryTicket], Any], stride: int = 1) -> int:
-    model, ticket, opt = _setup(backend, rounds_done)
+def _sweep(backend: str, rounds_done: int, action: Callable[[LotteryTicket], Any], stride: int = 1, adam: bool = False) -> int:
+    model, ticket, opt = _setup(backend, rounds_done, adam)
     before = _fingerprint(model, ticket, opt)
     inject, _ = _run(action, ticket, None)
     after = _fingerprint(model, ticket, opt)
     assert not _same(before["masks"], after["masks"])
     lines = inject.count
     for at in range(1, lines + 1, stride):
-        model, ticket, opt = _setup(backend, rounds_done)
+        model, ticket, opt = _setup(backend, rounds_done, adam)
         _, interrupted = _run(action, ticket, at)
         state = _fingerprint(model, ticket, opt)
         if not interrupted:  # the injected line raised after the step was whole, or was never reached
@@ -150,6 +153,18 @@ def test_interrupt_at_every_line_of_end_round_leaves_before_or_after(backend, ro
     stride = 1 if (backend, rounds_done) == ("prune", 0) else 4 if backend == "prune" else 10
     lines = _sweep(backend, rounds_done, end, stride=stride)
     assert lines > 50  # the sweep covered the real work, not a stub
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("backend", ["prune", "baked"])
+def test_interrupt_during_an_in_place_optimizer_restore_rolls_it_back(backend):
+    """Adam's state is rewound in place: a failure after that write must still put the trained state back."""
+
+    def end(ticket: LotteryTicket) -> None:
+        if ticket._active:
+            ticket.end_round_()
+
+    assert _sweep(backend, 1, end, stride=3, adam=True) > 50
 
 
 @pytest.mark.slow

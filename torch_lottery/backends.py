@@ -695,11 +695,10 @@ class BakedBackend(MaskBackend):
             for path, reader in _direct_readers(self.model, module_name):  # reads the weight without module's forward
                 if path:
                     handles.append(reader.register_forward_pre_hook(functools.partial(_baked_reader_pre, guard, path)))
-            handles += [
-                module.register_forward_pre_hook(functools.partial(_baked_forward_pre, guard)),
-                module.register_load_state_dict_post_hook(functools.partial(_baked_after_load, guard)),
-                module.register_state_dict_post_hook(functools.partial(_baked_state_dict_, guard)),
-            ]
+            # one statement per hook: an interrupt between two lines never leaves a hook without its handle
+            handles.append(module.register_forward_pre_hook(functools.partial(_baked_forward_pre, guard)))
+            handles.append(module.register_load_state_dict_post_hook(functools.partial(_baked_after_load, guard)))
+            handles.append(module.register_state_dict_post_hook(functools.partial(_baked_state_dict_, guard)))
 
     def _forget(self, fqn: str, param: nn.Parameter) -> None:
         self._epoch += 1
@@ -723,11 +722,15 @@ class BakedBackend(MaskBackend):
 
         this = weakref.ref(self)
 
+        # Run eagerly under a compiled optimizer step: traced, their Python state (epochs, version
+        # records) would become guards that fail at every round, recompiling the step.
+        @torch.compiler.disable
         def before_step(optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
             backend = this()
             if backend is not None:
                 backend._before_step(optimizer)
 
+        @torch.compiler.disable
         def after_step(optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
             backend = this()
             if backend is not None:

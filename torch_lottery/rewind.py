@@ -21,7 +21,10 @@ from .targets import Target
 if TYPE_CHECKING:
     from .backends import MaskBackend
 
-__all__ = ["RewindPoint", "check_fits", "check_optimizer", "write_tensors_", "check_scheduler", "restore_optimizer_state_", "scheduler_state"]
+__all__ = [
+    "RewindPoint", "ZERO_FRESH_STATE", "check_fits", "check_optimizer", "check_scheduler", "load_optimizer_state_in_place_",
+    "restore_optimizer_state_", "scheduler_state", "write_tensors_",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -76,15 +79,85 @@ def scheduler_state(scheduler: Any) -> dict[str, Any]:
     return state
 
 
+#: Optimizers whose lazily created per-parameter state is all zeros (``step`` included): for them a
+#: state written to zeros in place is bitwise the fresh state their first step would create.
+ZERO_FRESH_STATE: tuple[type, ...] = (
+    torch.optim.Adam, torch.optim.AdamW, torch.optim.RAdam, torch.optim.Adamax, torch.optim.RMSprop, torch.optim.Adadelta,
+)
+
+
+def load_optimizer_state_in_place_(optimizer: torch.optim.Optimizer, saved: Mapping[str, Any]) -> bool:
+    """Write ``saved`` (an ``optimizer.state_dict()``) into the optimizer's own state tensors.
+
+    Keeping the state tensors (and the state dict's length) is what lets a compiled
+    ``optimizer.step`` keep its compiled code across rewinds: ``load_state_dict`` would replace
+    every state tensor. Done only when the result equals ``load_state_dict``'s: the same groups and
+    parameters, and per parameter the same state keys with tensors of the same shape, or a saved
+    empty state over a live one for the optimizers of :data:`ZERO_FRESH_STATE` (written as zeros).
+    Returns False, touching nothing, when any of that does not hold.
+    """
+    groups, live_groups = saved.get("param_groups"), optimizer.param_groups
+    if not isinstance(groups, list) or len(groups) != len(live_groups):
+        return False
+    if any(len(g["params"]) != len(lg["params"]) for g, lg in zip(groups, live_groups)):
+        return False
+    if getattr(optimizer, "_optimizer_load_state_dict_pre_hooks", None) or getattr(optimizer, "_optimizer_load_state_dict_post_hooks", None):
+        return False  # the user's load hooks run only through load_state_dict
+    states = saved.get("state", {})
+    plan: list[tuple[dict[str, Any], Optional[Mapping[str, Any]]]] = []
+    for index, param in zip((i for g in groups for i in g["params"]), (p for g in live_groups for p in g["params"])):
+        live, state = optimizer.state.get(param), states.get(index)
+        if not state:
+            if live:
+                if type(optimizer) not in ZERO_FRESH_STATE or not all(isinstance(v, Tensor) for v in live.values()):
+                    return False
+                plan.append((live, None))
+            continue
+        if not live or set(live) != set(state):
+            return False
+        for key, value in state.items():
+            if isinstance(value, Tensor) != isinstance(live[key], Tensor):
+                return False
+            if isinstance(value, Tensor) and (value.shape != live[key].shape or value.dtype != live[key].dtype):
+                return False
+        plan.append((live, state))
+    with torch.no_grad():
+        for live, state in plan:
+            for key, value in live.items():
+                if state is None:
+                    value.zero_()
+                elif isinstance(value, Tensor):
+                    value.copy_(state[key])
+                else:
+                    live[key] = copy.deepcopy(state[key])
+    for group, lg in zip(groups, live_groups):  # the groups become the saved ones, as with load_state_dict
+        for key in [k for k in lg if k not in group]:
+            del lg[key]
+        for key, value in group.items():
+            if key == "params":
+                continue
+            if isinstance(value, Tensor) and isinstance(lg[key], Tensor) and value.shape == lg[key].shape:
+                lg[key].copy_(value)
+            else:
+                lg[key] = copy.deepcopy(value)
+    return True
+
+
 def restore_optimizer_state_(
     optimizer: Optional[torch.optim.Optimizer],
     optimizer_state: Optional[Mapping[str, Any]],
     scheduler: Optional[Any],
     sched_state: Optional[Mapping[str, Any]],
 ) -> None:
-    """Load saved optimizer and scheduler state (copies, so the saved state can be loaded again)."""
+    """Load saved optimizer and scheduler state (copies, so the saved state can be loaded again).
+
+    The optimizer's state is written into its existing state tensors where it can be (see
+    :func:`load_optimizer_state_in_place_`), so a compiled ``optimizer.step`` is not recompiled
+    at each rewind; otherwise ``optimizer.load_state_dict`` loads it.
+    """
     if optimizer is not None and optimizer_state is not None:
-        optimizer.load_state_dict(copy.deepcopy(dict(optimizer_state)))
+        if not load_optimizer_state_in_place_(optimizer, optimizer_state):
+            optimizer.load_state_dict(copy.deepcopy(dict(optimizer_state)))
     if scheduler is not None and sched_state is not None:
         scheduler.load_state_dict(copy.deepcopy(sched_state["scheduler"]))
         sched_opt = getattr(scheduler, "optimizer", None)
@@ -168,9 +241,9 @@ class RewindPoint:
         (self.tensors, self.optimizer_state, self.scheduler_state, self.captured, self.steps, self.scheduler_pending) = fields
 
     def current_states(self) -> tuple[Any, Any]:
-        """The attached optimizer's and scheduler's state now, for :meth:`restore_states` (no tensor copies:
-        a later ``load_state_dict`` replaces the optimizer's state tensors rather than writing into them)."""
-        opt = self.optimizer.state_dict() if self.optimizer is not None else None
+        """The attached optimizer's and scheduler's state now, for :meth:`restore_states` (copies: a rewind
+        writes the optimizer's state tensors in place, see :func:`load_optimizer_state_in_place_`)."""
+        opt = copy.deepcopy(self.optimizer.state_dict()) if self.optimizer is not None else None
         return opt, (scheduler_state(self.scheduler) if self.scheduler is not None else None)
 
     def restore_states(self, states: tuple[Any, Any]) -> None:
