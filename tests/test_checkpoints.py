@@ -292,3 +292,34 @@ def test_calling_a_ticket_on_a_module_or_a_module_class_raises_type_error():
     with pytest.raises(TypeError, match=r"fn='Net' is a module class, not a training function"):
         ticket(Net)
     assert ticket.round == 0 and not prune.is_pruned(model)
+
+
+# -- a plain checkpoint of a pruned model, loaded without its ticket ----------------------------------
+def test_training_a_plain_pruned_checkpoint_without_its_ticket_warns_loudly():
+    import warnings
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 2))
+    ticket = LotteryTicket(model, sparsity=0.5)
+    with ticket:
+        pass
+    fresh = nn.Sequential(nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 2))
+    fresh.load_state_dict(model.state_dict())  # zeros, no masks
+    with pytest.warns(UserWarning, match=r"2 target\(s\) hold many exact zeros but no mask: 0.weight \(5\d%\)") as caught:
+        with LotteryTicket(fresh, rate=0.2):
+            pass
+    assert caught[0].filename == __file__  # pointed at the user's line, not at the library
+    # restored, the same model warns no more; nor does a dense model with a zero-initialized layer
+    restored = nn.Sequential(nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 2))
+    restored.load_state_dict(model.state_dict())
+    again = LotteryTicket(restored, sparsity=0.75)
+    again.set_masks_({k: v != 0 for k, v in restored.state_dict().items() if k in again.target_fqns}, rewind=False)
+    dense = nn.Sequential(nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 2))
+    nn.init.zeros_(dense[2].weight)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with again:
+            pass
+        with LotteryTicket(dense, rate=0.2):
+            pass
+    assert again.sparsity == pytest.approx(0.75, abs=0.02)

@@ -6,6 +6,8 @@ import copy
 import functools
 import logging
 import os
+import sys
+import warnings
 from typing import Any, Callable, Mapping, Optional, Sequence, TypeVar, Union
 
 import torch
@@ -20,7 +22,7 @@ from .schedule import per_round_rate
 from .scoring import Criterion, get_criterion
 from .settings import SETTINGS_KEYS, TicketSettings, check_saved_state
 from .snapshot import DiskStore, make_store
-from .summary import format_table, mask_rows, round_record, totals
+from .summary import format_table, mask_rows, round_record, totals, unmasked_zeros
 from .targets import Target, TargetSelector, check_masks, find_targets, named_state_tensors, unwrap_model
 
 __all__ = ["LotteryTicket", "per_round_rate"]
@@ -44,6 +46,14 @@ def _check_snapshot_dir(device: str, snapshot_dir: object) -> None:
         )
     if os.path.exists(snapshot_dir) and not os.path.isdir(snapshot_dir):
         raise ValueError(f"LotteryTicket(): snapshot_dir={os.fspath(snapshot_dir)!r} is a file; pass a folder")
+
+
+def _caller_level() -> int:
+    """The ``stacklevel`` that points a warning at the first frame outside this package."""
+    package, frame, level = os.path.dirname(os.path.abspath(__file__)), sys._getframe(1), 1
+    while frame is not None and os.path.abspath(frame.f_code.co_filename).startswith(package + os.sep):
+        frame, level = frame.f_back, level + 1
+    return level
 
 
 class LotteryTicket:
@@ -325,6 +335,7 @@ class LotteryTicket:
             raise RuntimeError("LotteryTicket.begin_round_(): this ticket's round is already open; rounds do not nest")
         self._check_can_prune("begin_round_")
         if not self._point.taken:
+            self._warn_unmasked_zeros()
             self.snapshot_()
         with deferred_interrupts():  # hooks and the open flag go together
             try:
@@ -334,6 +345,21 @@ class LotteryTicket:
             except BaseException:
                 self._point.stop_counting()
                 raise
+
+    def _warn_unmasked_zeros(self) -> None:
+        """Loudly: targets that look pruned (many exact zeros) but carry no mask would regrow in training."""
+        masks = self.masks
+        found = unmasked_zeros({t.fqn: self._backend.weight(t) for t in self._targets}, masks)
+        if found:
+            shown = ", ".join(f"{k} ({v:.0%})" for k, v in list(found.items())[:3])
+            warnings.warn(
+                f"LotteryTicket: {len(found)} target(s) hold many exact zeros but no mask: {shown}"
+                f"{' ...' if len(found) > 3 else ''}. Was the model loaded from the plain checkpoint of a pruned "
+                "model? Without its ticket those weights regrow in training. Restore the ticket first "
+                "(load_ticket(path, model), or ticket.load_state_dict(saved_ticket_state)), or keep the zeros "
+                "pruned with ticket.set_masks_({fqn: weight != 0}, rewind=False)",
+                UserWarning, stacklevel=_caller_level(),
+            )
 
     def abort_round_(self, reason: str = "abort_round_()") -> None:
         """Close the open round without pruning or rewinding: the trained weights are kept."""

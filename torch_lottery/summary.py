@@ -13,7 +13,7 @@ from typing import Any, Iterable, Mapping, Sequence
 import torch
 from torch import Tensor
 
-__all__ = ["format_table", "mask_rows", "round_record", "totals"]
+__all__ = ["format_table", "mask_rows", "round_record", "totals", "unmasked_zeros"]
 
 
 def mask_rows(masks: Mapping[str, Tensor]) -> list[dict[str, Any]]:
@@ -80,3 +80,19 @@ def format_table(rows: Sequence[Mapping[str, Any]]) -> str:
     alive, total, sparsity = totals(rows)
     lines.append(f"{'total':<{width}}  {total:>18,}  {alive:>12,}  {sparsity:>8.2%}")
     return "\n".join(lines)
+
+
+def unmasked_zeros(weights: Mapping[str, Tensor], masks: Mapping[str, Tensor], *, least: float = 0.1) -> dict[str, float]:
+    """Tensors without pruned entries that hold exact zeros in at least ``least`` of their entries, but
+    not in all (a zero-initialized tensor is dense): fqn -> fraction of zeros. Such a tensor looks like
+    the plain checkpoint of a pruned model loaded without its ticket. Pure.
+    """
+    out = {}
+    for fqn, weight in weights.items():
+        mask = masks.get(fqn)
+        if weight.numel() == 0 or (mask is not None and not bool(mask.all())):
+            continue
+        fraction = float((weight == 0).sum()) / weight.numel()
+        if least <= fraction < 1.0:
+            out[fqn] = fraction
+    return out
