@@ -83,7 +83,8 @@ def test_load_state_into_a_fresh_process_continues_imp_bitwise(backend, how, tmp
         assert ticket2.round == 2
         assert same(ticket2.masks, ticket.masks), folder
         assert same(plain(model2), plain(model)), folder
-        assert len(opt2.optimizer.state) == 0  # the rewind reset AdamW, as in the uninterrupted run
+        # the rewind reset AdamW (its fresh state, zeros, written in place), as in the uninterrupted run
+        assert all(not v.any() for s in opt2.optimizer.state.values() for v in s.values())
         assert ticket2.history == ticket.history
 
 

@@ -131,7 +131,7 @@ class LotteryTicketCallback(TrainerCallback):
     (``lottery_round``, ``lottery_sparsity``, ``lottery_remaining``, ``lottery_total``).
 
     At each rewind the optimizer and LR scheduler are restored to their state at the rewind point
-    (``reset_optimizer=True``): AdamW's moments are emptied and the schedule starts over, as IMP trains each
+    (``reset_optimizer=True``): AdamW's moments are reset (to its fresh state) and the schedule starts over, as IMP trains each
     round from theta_0. With ``every_n_epochs`` the Trainer's schedule spans the whole run, so each round
     replays its first ``N`` epochs; use ``lr_scheduler_type="constant"`` or a schedule that fits.
 
