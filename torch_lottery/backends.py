@@ -13,6 +13,7 @@ from torch import Tensor, nn
 from torch.nn.utils import prune
 
 from .masking import mul_bits_, mul_bytes_, pack_bits, unpack_bits
+from .shards import is_sharded, like, local, local_piece
 from .targets import Target, _join, canonical_name, get_place, unwrap_model
 
 __all__ = [
@@ -197,7 +198,13 @@ class PruneBackend(MaskBackend):
         return None
 
     def is_masked(self, target: Target) -> bool:
-        return self._hook(get_place(self.model, target.module_name), target.name) is not None
+        owner = get_place(self.model, target.module_name)
+        if is_sharded(owner._parameters.get(target.name)):
+            raise ValueError(
+                f"PruneBackend: {target.fqn!r} is a DTensor parameter of torch.distributed.fsdp.fully_shard, whose "
+                "name FSDP2 owns (prune would rename it to weight_orig); use backend='baked' or 'baked-bits'"
+            )
+        return self._hook(owner, target.name) is not None
 
     def apply_(self, target: Target, mask: Tensor) -> None:
         owner = get_place(self.model, target.module_name)
@@ -554,7 +561,8 @@ class BakedBackend(MaskBackend):
         return param
 
     def _mul_(self, x: Tensor, stored: Tensor, source: Tensor | None = None) -> None:
-        (mul_bits_ if self.bits else mul_bytes_)(x, stored, source=source)
+        # a DTensor (FSDP2 parameter, gradient, optimizer state) is multiplied on its local shard
+        (mul_bits_ if self.bits else mul_bytes_)(local(x), stored, source=None if source is None else local(source))
 
     def mask_tensors(self) -> list[Tensor]:
         """The stored masks (bool, or packed bits): what the masks cost in memory."""
@@ -566,12 +574,14 @@ class BakedBackend(MaskBackend):
 
     def apply_(self, target: Target, mask: Tensor) -> None:
         param = self._check_plain(target)
-        mask = mask.detach().to(device=param.device, dtype=torch.bool)
         if tuple(mask.shape) != tuple(param.shape):
             raise ValueError(
                 f"BakedBackend.apply_(): mask for {target.fqn!r} has shape {tuple(mask.shape)}, "
                 f"the parameter has {tuple(param.shape)}"
             )
+        # a sharded parameter stores only its local shard of the mask (a full mask is cut to it)
+        mask = local(mask) if is_sharded(mask) else local_piece(mask, param)
+        mask = mask.detach().to(device=local(param).device, dtype=torch.bool)
         new = pack_bits(mask) if self.bits else mask.contiguous()
         fqn = target.fqn
         prior = (self._masks.get(fqn), self._grad_hooks.get(fqn), self._params.get(id(param)), self._undo.get(fqn),
@@ -647,9 +657,11 @@ class BakedBackend(MaskBackend):
 
     def mask(self, target: Target) -> Tensor:
         stored = self._masks.get(target.fqn)
+        param = self.parameter(target)
+        shape = local(param).shape  # a sharded parameter's mask is a DTensor placed like it
         if stored is None:
-            return torch.ones(target.shape, dtype=torch.bool, device=self.parameter(target).device)
-        return unpack_bits(stored, target.shape) if self.bits else stored.clone()
+            return like(torch.ones(shape, dtype=torch.bool, device=local(param).device), param)
+        return like(unpack_bits(stored, shape) if self.bits else stored.clone(), param)
 
     def parameter(self, target: Target) -> nn.Parameter:
         return self._check_plain(target)
@@ -658,9 +670,9 @@ class BakedBackend(MaskBackend):
         param = self._check_plain(target).detach()
         if target.fqn not in self._masks:
             return param
-        out = torch.empty_like(param, memory_format=torch.contiguous_format)
-        self._mul_(out, self._masks[target.fqn], source=param.contiguous())
-        return out
+        out = torch.empty_like(local(param), memory_format=torch.contiguous_format)
+        self._mul_(out, self._masks[target.fqn], source=local(param).contiguous())
+        return like(out, param)
 
     def refresh_(self, target: Target) -> None:
         stored = self._masks.get(target.fqn)
@@ -673,6 +685,12 @@ class BakedBackend(MaskBackend):
         param = self._check_plain(target)
         stored = self._masks.get(target.fqn)
         self._epoch += 1
+        if is_sharded(param):  # per shard: a DTensor's local shard, or this rank's piece of a full tensor
+            value = local(value) if is_sharded(value) else local_piece(value, param)
+            with torch.no_grad():
+                local(param).copy_(value)
+            self.refresh_(target)
+            return
         if stored is None or value.device != param.device or value.dtype != param.dtype:
             super().load_(target, value)
             return
@@ -692,6 +710,7 @@ class BakedBackend(MaskBackend):
             module = get_place(self.model, module_name)
             guard = _BakedGuard(name, stored, self.bits, self)
             self._guards.setdefault(target.fqn, []).append(guard)
+            guard.sharded = is_sharded(module._parameters.get(name))
             for path, reader in _direct_readers(self.model, module_name):  # reads the weight without module's forward
                 if path:
                     handles.append(reader.register_forward_pre_hook(functools.partial(_baked_reader_pre, guard, path)))
@@ -783,7 +802,9 @@ class BakedBackend(MaskBackend):
         if not owned:
             return
         elementwise = type(optimizer) in _ELEMENTWISE_OPTIMIZERS and all(p.dim() > 0 for p, _ in owned)
-        if clean and elementwise:
+        # FSDP2 writes sharded parameters and gradients through their local tensors, which version
+        # counters of the DTensors do not see: sharded parameters are re-zeroed after every step
+        if clean and elementwise and not any(is_sharded(p) for p, _ in owned):
             self._record(optimizer, owned)
             return
         with torch.no_grad():
@@ -820,12 +841,13 @@ class _BakedGuard:
     zeroes them, it masks the accumulated gradients, and ``state_dict()`` writes them as zeros.
     """
 
-    __slots__ = ("name", "stored", "bits", "backend", "grad_param")
+    __slots__ = ("name", "stored", "bits", "backend", "grad_param", "sharded")
 
     def __init__(self, name: str, stored: Tensor, bits: bool, backend: "BakedBackend | None") -> None:
         self.name, self.stored, self.bits = name, stored, bits
         self.backend = weakref.ref(backend) if backend is not None else None
         self.grad_param: weakref.ref | None = None  # the copy's Parameter whose gradients are masked
+        self.sharded: bool | None = None  # whether the owned Parameter is an FSDP2 DTensor (known once owned() ran)
 
     def __getstate__(self) -> dict[str, Any]:  # a copy belongs to no backend
         return {"name": self.name, "stored": self.stored, "bits": self.bits}
@@ -837,9 +859,15 @@ class _BakedGuard:
         backend = self.backend() if self.backend is not None else None
         param = module._parameters.get(self.name)
         entry = backend._params.get(id(param)) if backend is not None and param is not None else None
-        return entry is not None and entry[0] is param
+        if entry is not None and entry[0] is param:
+            self.sharded = is_sharded(param)
+            return True
+        # inside FSDP2's forward the module holds the all-gathered plain Parameter of the owned
+        # DTensor: it was gathered from the masked shards, so it holds the zeros already
+        return bool(self.sharded) and backend is not None and not is_sharded(param)
 
     def mul_(self, x: Tensor) -> None:
+        x = local(x)
         stored = self.stored if self.stored.device == x.device else self.stored.to(x.device)
         (mul_bits_ if self.bits else mul_bytes_)(x, stored)
 

@@ -17,6 +17,7 @@ import torch
 from torch import Tensor
 
 from .backends import MaskBackend
+from .shards import count_true
 from .targets import Target
 
 __all__ = ["Undo", "check_no_regrowth", "deferred_interrupts", "install_masks_", "mask_state", "restore_masks_"]
@@ -75,7 +76,7 @@ def check_no_regrowth(backend: MaskBackend, targets: Sequence[Target], masks: Ma
     """
     for t in targets:
         current = backend.mask(t)
-        regrow = int(torch.count_nonzero(masks[t.fqn].to(current.device) & ~current))
+        regrow = count_true(masks[t.fqn].to(current.device) & ~current)
         if regrow:
             raise ValueError(
                 f"{fn}: pinned masks[{t.fqn!r}] keeps {regrow} entries that are pruned now; pin a subset of "

@@ -56,6 +56,20 @@ def _caller_level() -> int:
     return level
 
 
+def _sharding_mesh(model: nn.Module, targets: Sequence[Target], structured: bool) -> Any:
+    """The device mesh of FSDP2-sharded targets, or ``None``; refuses layouts a ticket cannot rank."""
+    from .distributed import sharding_mesh
+
+    params = dict(model.named_parameters())
+    mesh = sharding_mesh({t.fqn: params[t.fqn] for t in targets if t.fqn in params})
+    if mesh is not None and structured:
+        raise ValueError(
+            "LotteryTicket(): granularity='channel' on an FSDP2-sharded model is not supported (channel "
+            "tracing needs the full model); use granularity='weight'"
+        )
+    return mesh
+
+
 class LotteryTicket:
     """Find a lottery ticket inside your own training loop.
 
@@ -181,6 +195,7 @@ class LotteryTicket:
         names = self._channels.group_names if self._channels is not None else [t.fqn for t in self._targets]
         self._settings = settings.resolve(names)
         self._backend: MaskBackend = make_backend(settings.backend, self._model)
+        self._mesh = _sharding_mesh(self._model, self._targets, self._channels is not None)  # FSDP2: DTensor targets
         for t in self._targets:  # read-only: a backend refuses targets it cannot mask (prune hooks under "baked")
             self._backend.is_masked(t)
         k = settings.rewind if isinstance(settings.rewind, int) else 0
@@ -205,6 +220,7 @@ class LotteryTicket:
     seed = property(lambda self: self._settings.seed, doc="The seed of random scores and re-initialization.")
     round = property(lambda self: self._round, doc="How many rounds have been applied.")
     backend = property(lambda self: self._backend, doc="The mask backend in use.")
+    device_mesh = property(lambda self: self._mesh, doc="The DeviceMesh of an FSDP2-sharded model's targets, else ``None``.")
 
     @property
     def history(self) -> list[dict[str, Any]]:
@@ -501,6 +517,14 @@ class LotteryTicket:
         """
         masks = self.masks
         weights = {t.fqn: self._backend.weight(t) for t in self._targets}
+        if self._mesh is not None:  # FSDP2: every rank scores and selects on its own shards
+            from .distributed import sharded_next_masks
+
+            generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self._round)
+            return sharded_next_masks(
+                weights, masks, self._point.tensors or {}, self._criterion, self._settings, done=self._round,
+                name=self._settings.criterion, generator=generator,
+            )
         if self._channels is not None:  # structured: the channel plan chooses whole channels
             values = {**self.live_tensors(), **weights}
             return broadcast_masks(self._channels.next_masks(values, masks, self._settings, done=self._round))
@@ -716,6 +740,11 @@ class LotteryTicket:
         metadata: Optional[Mapping[str, str]] = None,
     ) -> None:
         """Save this ticket as one safetensors file; see :func:`torch_lottery.ticket_file.save_ticket`."""
+        if self._mesh is not None:  # FSDP2: one file, shard by shard through rank 0 (call it on every rank)
+            from .sharded_files import save_sharded_ticket
+
+            save_sharded_ticket(self, path, encoding=encoding, include_trained=include_trained, metadata=metadata)
+            return
         from .ticket_file import save_ticket
 
         save_ticket(self, path, encoding=encoding, include_trained=include_trained, metadata=metadata)

@@ -12,7 +12,7 @@ are handled.
 from __future__ import annotations
 
 import operator
-from typing import Mapping
+from typing import Callable, Mapping, Optional
 
 import torch
 from torch import Tensor
@@ -129,13 +129,15 @@ def _prune_lowest_radix(
 
 
 def _find_threshold(
-    scores: Mapping[str, Tensor], masks: Mapping[str, Tensor], n: int, *, nbits: int, chunk: int
+    scores: Mapping[str, Tensor], masks: Mapping[str, Tensor], n: int, *, nbits: int, chunk: int,
+    reduce: Optional[Callable[[Tensor], Tensor]] = None,
 ) -> tuple[int, int]:
     """Return ``(t, below)``: the key of the n-th lowest survivor and how many survivors lie below it.
 
     One streaming pass per 16-bit digit of the key, most significant first; each pass
     counts only the survivors whose higher digits equal the threshold's digits found so far.
-    Counts are int64 throughout (histograms, ``cumsum``, Python ints).
+    Counts are int64 throughout (histograms, ``cumsum``, Python ints). ``reduce`` (the
+    sharded selection's all-reduce) turns each pass's local CPU histogram into the global one.
     """
     key_min, key_max = -(1 << (nbits - 1)), (1 << (nbits - 1)) - 1
     trash = _BINS + 2  # histogram bins: [0, _BINS + 2) for digits and out-of-range, one for the dead
@@ -176,6 +178,8 @@ def _find_threshold(
         hist = sum(
             (h[offset : offset + _BINS].cpu() for h in hists.values()), torch.zeros(_BINS, dtype=torch.int64)
         )
+        if reduce is not None:
+            hist = reduce(hist)
         bucket, before = _select_bucket(hist, n - below)
         below += before
         prefix = bucket - _BINS // 2 if level == 0 else (prefix << _DIGIT_BITS) | bucket

@@ -20,6 +20,7 @@ import torch
 from torch import Tensor
 
 from .files import mmap_safetensors, write_safetensors_streaming
+from .shards import is_sharded, like, local
 
 __all__ = ["DiskStore", "MemoryStore", "SnapshotStore", "make_store", "mmap_safetensors", "write_safetensors_streaming"]
 
@@ -39,7 +40,7 @@ class SnapshotStore:
 
 
 class MemoryStore(SnapshotStore):
-    """Snapshots as tensor copies on ``device`` (the CPU by default)."""
+    """Snapshots as tensor copies on ``device`` (the CPU by default); a DTensor's copy holds only its local shard."""
 
     def __init__(self, device: Union[str, torch.device] = "cpu") -> None:
         self.device = torch.device(device)
@@ -55,6 +56,10 @@ class DiskStore(SnapshotStore):
     Without ``folder`` a temporary folder is created on first use and removed on :meth:`close` or
     when the store is garbage-collected. Each ``put`` writes a uniquely named file, maps it, then
     renames it into place, so two processes sharing a folder never read each other's snapshot.
+
+    DTensors (an FSDP2 model's parameters) are stored per shard: each process writes its local
+    shards to ``folder/rewind-rank<r>.safetensors`` (``r`` its ``torch.distributed`` rank) and
+    gets DTensors placed like the originals back, so ranks can share one folder.
     """
 
     FILE_NAME = "rewind.safetensors"
@@ -79,20 +84,26 @@ class DiskStore(SnapshotStore):
 
     @property
     def path(self) -> Optional[Path]:
-        """The snapshot file, once a folder exists."""
-        return None if self.folder is None else self.folder / self.FILE_NAME
+        """The snapshot file, once a folder exists (this rank's, for a sharded snapshot)."""
+        return None if self.folder is None else self.folder / self._file_name
+
+    _file_name = FILE_NAME
 
     def put(self, tensors: Mapping[str, Tensor]) -> dict[str, Tensor]:
         folder = self._ensure_folder()
+        sharded = any(is_sharded(v) for v in tensors.values())
+        if sharded:
+            dist = torch.distributed
+            self._file_name = f"rewind-rank{dist.get_rank() if dist.is_initialized() else 0}.safetensors"
         staged = folder / f".rw-{secrets.token_hex(4)}.safetensors"
         try:
-            write_safetensors_streaming(tensors, staged)
+            write_safetensors_streaming({k: local(v) for k, v in tensors.items()}, staged)
             stored = mmap_safetensors(staged)  # mapped before the rename: the inode is ours
-            os.replace(staged, folder / self.FILE_NAME)
+            os.replace(staged, folder / self._file_name)
         except BaseException:
             staged.unlink(missing_ok=True)
             raise
-        return {k: stored[k] for k in tensors}
+        return {k: like(stored[k], tensors[k]) for k in tensors}
 
     def close(self) -> None:
         if self._finalizer is not None:

@@ -13,6 +13,8 @@ from typing import Any, Iterable, Mapping, Sequence
 import torch
 from torch import Tensor
 
+from .shards import count_true
+
 __all__ = ["format_table", "mask_rows", "round_record", "totals", "unmasked_zeros"]
 
 
@@ -27,7 +29,7 @@ def mask_rows(masks: Mapping[str, Tensor]) -> list[dict[str, Any]]:
     rows = []
     for fqn, mask in masks.items():
         numel = mask.numel()
-        remaining = int(torch.count_nonzero(mask))
+        remaining = count_true(mask)  # a sharded mask counts every rank's shard
         rows.append(
             {
                 "fqn": fqn,
@@ -92,7 +94,7 @@ def unmasked_zeros(weights: Mapping[str, Tensor], masks: Mapping[str, Tensor], *
         mask = masks.get(fqn)
         if weight.numel() == 0 or (mask is not None and not bool(mask.all())):
             continue
-        fraction = float((weight == 0).sum()) / weight.numel()
+        fraction = count_true(weight == 0) / weight.numel()  # every shard of a sharded weight
         if least <= fraction < 1.0:
             out[fqn] = fraction
     return out

@@ -263,6 +263,8 @@ def _architecture(model: nn.Module) -> dict[str, list[int]]:
 
 def _model_class(model: nn.Module) -> str:
     cls = type(model)
+    if cls.__bases__[0].__name__ == "FSDPModule" and len(cls.__bases__) == 2:  # fully_shard's FSDP<Class>
+        cls = cls.__bases__[1]
     return f"{cls.__module__}.{cls.__qualname__}"
 
 
@@ -600,10 +602,23 @@ def write_ticket(
     if missing:
         raise ValueError(f"{fn}(): state lacks {missing!r}; pass LotteryTicket.state_dict()")
     masks = {fqn: mask.detach().cpu().to(torch.bool) for fqn, mask in state["masks"].items()}
-    targets = list(masks)
     tensors, layout = _encode(masks=masks, rewind=state["rewind_weights"], trained=trained, encoding=encoding)
+    meta = _ticket_metadata(
+        state, model=model, summary=mask_rows(masks), layout=layout, encoding=encoding,
+        include_trained=trained is not None, metadata=metadata, channels=channels, tensors=tensors, fn=fn,
+    )
+    write_safetensors_streaming(tensors, path, metadata=meta, fn=fn)
+    logger.info("saved ticket (%s, round %s, %d targets) to %s", encoding, state["round"], len(masks), path)
+
+
+def _ticket_metadata(
+    state: Mapping[str, Any], *, model: nn.Module, summary: list[dict[str, Any]], layout: Mapping[str, list[int]],
+    encoding: str, include_trained: bool, metadata: Mapping[str, str] | None, channels: Mapping[str, Any] | None,
+    tensors: Mapping[str, Tensor], fn: str,
+) -> dict[str, str]:
+    """The header metadata of a ticket file holding the encoded ``tensors``, its checksum included."""
+    targets = [row["fqn"] for row in summary]
     config = state["config"]
-    summary = mask_rows(masks)
     sparsity = totals(summary)[2]
     meta: dict[str, str] = {
         "format": FORMAT_NAME,
@@ -619,7 +634,7 @@ def write_ticket(
         "seed": json.dumps(config.get("seed")),
         "rewind_captured": json.dumps(bool(state.get("rewind_captured", True))),
         "steps": json.dumps(int(state.get("steps", 0))),
-        "include_trained": json.dumps(trained is not None),
+        "include_trained": json.dumps(include_trained),
         "config": json.dumps(config, sort_keys=True),
         "history": json.dumps(state["history"]),
         "summary": json.dumps(summary),
@@ -634,8 +649,7 @@ def write_ticket(
         raise ValueError(f"{fn}(): metadata keys {clash!r} are reserved by the ticket format; rename them")
     meta.update(metadata or {})
     meta[_CHECKSUM_KEY] = _checksum(tensors, meta)
-    write_safetensors_streaming(tensors, path, metadata=meta, fn=fn)
-    logger.info("saved ticket (%s, round %s, %d targets) to %s", encoding, state["round"], len(targets), path)
+    return meta
 
 
 def save_ticket(
@@ -687,6 +701,11 @@ def save_ticket(
         raise ValueError(f"{fn}(): encoding={encoding!r} is not supported; use one of {ENCODINGS!r}")
     if not isinstance(include_trained, bool):
         raise TypeError(f"{fn}(): include_trained={include_trained!r} must be a bool")
+    if getattr(ticket, "device_mesh", None) is not None:
+        raise TypeError(
+            f"{fn}(): ticket's masks are sharded (an FSDP2 model); call ticket.save(path) on every rank, which "
+            "streams the shards through rank 0 (torch_lottery.sharded_files.save_sharded_ticket)"
+        )
     state = dict(ticket.state_dict())
     state["masks"] = {fqn: state["masks"][fqn] for fqn in ticket.target_fqns}
     trained = {k: v.detach().cpu() for k, v in ticket.live_tensors().items()} if include_trained else None

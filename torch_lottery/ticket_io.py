@@ -9,6 +9,7 @@ against the model, then builds a :class:`~torch_lottery.LotteryTicket` from the 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import os
 import warnings
@@ -21,8 +22,9 @@ from ._version import __version__
 from .backends import effective_state_dict
 from .files import write_safetensors_streaming
 from .lottery import LotteryTicket
-from .targets import unwrap_model
-from .ticket_file import _describe, _read_file, check_tensors_fit
+from .shards import is_sharded, like, local_piece
+from .targets import named_state_tensors, unwrap_model
+from .ticket_file import TicketTensors, _describe, _read_file, check_tensors_fit
 
 __all__ = ["SEED_FILE_WARNING", "export_plain", "load_ticket"]
 
@@ -83,6 +85,18 @@ def _rollback_on_error(model: nn.Module) -> Iterator[None]:
         raise
 
 
+def _shard_like_model(content: TicketTensors, model: nn.Module) -> TicketTensors:
+    """``content`` with each full tensor of an FSDP2 DTensor cut to this rank's shard, placed like it."""
+    live = named_state_tensors(model, buffers=True)
+    if not any(is_sharded(t) for t in live.values()):
+        return content
+
+    def cut(tensors: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        return {k: like(local_piece(v, live[k]).clone(), live[k]) if is_sharded(live.get(k)) else v for k, v in tensors.items()}
+
+    return dataclasses.replace(content, masks=cut(content.masks), rewind=cut(content.rewind), trained=cut(content.trained))
+
+
 def load_ticket(
     path: PathLike,
     model: nn.Module,
@@ -92,6 +106,7 @@ def load_ticket(
     scheduler: Any = None,
     criterion: Any = None,
     snapshot_device: str | torch.device | None = None,
+    backend: str | None = None,
 ) -> LotteryTicket:
     """Load a ticket file into a freshly built model and return a LotteryTicket that can keep pruning.
 
@@ -115,6 +130,8 @@ def load_ticket(
         criterion: the scoring callable, needed when the ticket was found with a custom criterion (the file
             stores only its name).
         snapshot_device: overrides the saved one (a CUDA device falls back to ``"cpu"`` when CUDA is absent).
+        backend: overrides the saved mask backend (an FSDP2-sharded ``model`` needs ``"baked"`` or
+            ``"baked-bits"``; every rank then reads the file and keeps only its own shards).
 
     Returns:
         A :class:`~torch_lottery.LotteryTicket` with the saved settings, round, history, masks and rewind
@@ -144,6 +161,7 @@ def load_ticket(
             "or load weights='rewind'"
         )
     check_tensors_fit(content, model, fn, path)
+    content = _shard_like_model(content, model)  # FSDP2: each rank keeps its shards of every tensor
     meta = content.metadata
     if '"weights": "seed"' in meta.get("supermask", ""):
         warnings.warn(
@@ -160,6 +178,8 @@ def load_ticket(
         logger.info("load_ticket(): snapshot_device %r unavailable; keeping the snapshot on the CPU", device)
         device = "cpu"
     overrides["snapshot_device"] = device
+    if backend is not None:
+        overrides["backend"] = backend
     if config.get("granularity", "weight") == "channel":  # a structured ticket: its plan comes from the file
         if "channels" not in meta:
             raise ValueError(
