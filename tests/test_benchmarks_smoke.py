@@ -27,3 +27,13 @@ def test_benchmark_smoke_run_exits_zero_with_correct_results(script):
     )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "correctness:" in result.stdout and ": OK" in result.stdout
+
+
+@pytest.mark.slow
+def test_fsdp_benchmark_smoke_run_launches_one_and_two_ranks():
+    result = subprocess.run(
+        [sys.executable, str(BENCHMARKS / "bench_fsdp.py"), "--smoke", "--threads", "1"],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "correctness: OK" in result.stdout and "count=ok,equal=ok" in result.stdout

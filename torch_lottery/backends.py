@@ -201,8 +201,9 @@ class PruneBackend(MaskBackend):
         owner = get_place(self.model, target.module_name)
         if is_sharded(owner._parameters.get(target.name)):
             raise ValueError(
-                f"PruneBackend: {target.fqn!r} is a DTensor parameter of torch.distributed.fsdp.fully_shard, whose "
-                "name FSDP2 owns (prune would rename it to weight_orig); use backend='baked' or 'baked-bits'"
+                f"LotteryTicket(): backend='prune' cannot mask {target.fqn!r}, a DTensor parameter of "
+                "torch.distributed.fsdp.fully_shard (FSDP2 owns its name; prune would rename it to weight_orig); "
+                "pass backend='baked' or backend='baked-bits'"
             )
         return self._hook(owner, target.name) is not None
 
@@ -493,6 +494,10 @@ class BakedBackend(MaskBackend):
     through ``.data`` bypass version counters: call :meth:`refresh_` (``ticket.refresh_()``)
     after them.
 
+    On an FSDP2 (``fully_shard``) model every stored mask, multiply and re-zeroing pass is per local
+    shard of the DTensor parameter (docs/distributed.md); sharded parameters are re-zeroed after
+    every step, since FSDP writes their local tensors where version counters do not see it.
+
     Masks live on the parameter's device, as bool tensors (``bits=False``, 1 byte per masked
     weight, backend ``"baked"``) or bit-packed (``bits=True``, 1 bit per masked weight, backend
     ``"baked-bits"``: about 1/8 of the mask memory for a slower multiply).
@@ -580,8 +585,13 @@ class BakedBackend(MaskBackend):
                 f"the parameter has {tuple(param.shape)}"
             )
         # a sharded parameter stores only its local shard of the mask (a full mask is cut to it)
-        mask = local(mask) if is_sharded(mask) else local_piece(mask, param)
-        mask = mask.detach().to(device=local(param).device, dtype=torch.bool)
+        local_mask = local(mask) if is_sharded(mask) else local_piece(mask, param)
+        if is_sharded(param) and tuple(local_mask.shape) != tuple(local(param).shape):
+            raise ValueError(
+                f"BakedBackend.apply_(): the mask for {target.fqn!r} is placed {getattr(mask, 'placements', None)} but "
+                f"the parameter {param.placements}; pass a full mask or a DTensor placed like the parameter"
+            )
+        mask = local_mask.detach().to(device=local(param).device, dtype=torch.bool)
         new = pack_bits(mask) if self.bits else mask.contiguous()
         fqn = target.fqn
         prior = (self._masks.get(fqn), self._grad_hooks.get(fqn), self._params.get(id(param)), self._undo.get(fqn),

@@ -9,6 +9,8 @@ from typing import Mapping, Sequence
 import torch
 from torch import Tensor, nn
 
+from .shards import is_sharded, like, local_piece
+from .shards import local as local_tensor
 from .targets import Target, canonical_name, get_place, named_state_tensors
 
 __all__ = ["fresh_init", "random_masks_like"]
@@ -51,7 +53,10 @@ def _detached_clone(module: nn.Module) -> nn.Module:
     Parameters and buffers appear under their canonical names (:func:`canonical_name`): a tensor
     reparametrized by torch.nn.utils.prune is a plain Parameter again, its mask is left out.
     """
-    clone = copy.copy(module)
+    if type(module).__new__ is object.__new__:
+        clone = copy.copy(module)
+    else:  # fully_shard's FSDP<Class> re-runs __init__ from __new__, so copy.copy cannot build one
+        clone = object.__new__(type(module))
     clone.__dict__ = dict(module.__dict__)
     clone._forward_pre_hooks = type(module._forward_pre_hooks)()
     params = {}
@@ -60,7 +65,9 @@ def _detached_clone(module: nn.Module) -> nn.Module:
         if p is None:
             params[name] = None
             continue
-        params[name] = nn.Parameter(torch.empty_like(p.detach()), requires_grad=p.requires_grad)
+        # an FSDP2 DTensor gets a full-size plain tensor: re-initialized as one process would, then cut
+        fresh = torch.empty(p.shape, dtype=p.dtype, device=local_tensor(p).device) if is_sharded(p) else torch.empty_like(p.detach())
+        params[name] = nn.Parameter(fresh, requires_grad=p.requires_grad)
         clone.__dict__.pop(name, None)  # prune's recomputed attribute would shadow the Parameter
     clone._parameters = params
     clone._buffers = {
@@ -91,10 +98,18 @@ def fresh_init(model: nn.Module, targets: Sequence[Target], *, seed: int) -> dic
             owner = get_place(model, target.module_name)
             torch.manual_seed(seed * 100_003 + i)
             reset = getattr(owner, "reset_parameters", None) or getattr(owner, "_reset_parameters", None)
+            param = owner._parameters.get(target.name)
             if reset is not None:
                 clone = _detached_clone(owner)
                 getattr(clone, reset.__name__)()
-                out[target.fqn] = clone._parameters[target.name].detach()
+                value = clone._parameters[target.name].detach()
+                # sharded: keep this rank's rows of the full draw (one full tensor at a time)
+                out[target.fqn] = like(local_piece(value, param).clone(), param) if is_sharded(param) else value
+            elif is_sharded(param):
+                raise ValueError(
+                    f"fresh_init(): {target.fqn!r} is an FSDP2 DTensor whose module {type(owner).__name__} has no "
+                    "reset_parameters(); rewind='reinit' on a sharded model needs one (or use rewind='init')"
+                )
             else:
                 if live is None:
                     live = named_state_tensors(model, buffers=False)

@@ -70,6 +70,17 @@ def _sharding_mesh(model: nn.Module, targets: Sequence[Target], structured: bool
     return mesh
 
 
+def _sharded_masks(ticket: "LotteryTicket", weights: dict[str, Tensor], masks: dict[str, Tensor]) -> dict[str, Tensor]:
+    """:meth:`LotteryTicket.compute_masks` of an FSDP2-sharded ticket (a collective call)."""
+    from .distributed import sharded_next_masks
+
+    generator = torch.Generator().manual_seed(ticket.seed * 1_000_003 + ticket.round)
+    return sharded_next_masks(
+        weights, masks, ticket.rewind_weights, ticket._criterion, ticket.settings, done=ticket.round,
+        name=ticket.settings.criterion, generator=generator,
+    )
+
+
 class LotteryTicket:
     """Find a lottery ticket inside your own training loop.
 
@@ -517,14 +528,8 @@ class LotteryTicket:
         """
         masks = self.masks
         weights = {t.fqn: self._backend.weight(t) for t in self._targets}
-        if self._mesh is not None:  # FSDP2: every rank scores and selects on its own shards
-            from .distributed import sharded_next_masks
-
-            generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self._round)
-            return sharded_next_masks(
-                weights, masks, self._point.tensors or {}, self._criterion, self._settings, done=self._round,
-                name=self._settings.criterion, generator=generator,
-            )
+        if self._mesh is not None:  # FSDP2: every rank scores and selects its own shards
+            return _sharded_masks(self, weights, masks)
         if self._channels is not None:  # structured: the channel plan chooses whole channels
             values = {**self.live_tensors(), **weights}
             return broadcast_masks(self._channels.next_masks(values, masks, self._settings, done=self._round))
@@ -741,12 +746,9 @@ class LotteryTicket:
     ) -> None:
         """Save this ticket as one safetensors file; see :func:`torch_lottery.ticket_file.save_ticket`."""
         if self._mesh is not None:  # FSDP2: one file, shard by shard through rank 0 (call it on every rank)
-            from .sharded_files import save_sharded_ticket
-
-            save_sharded_ticket(self, path, encoding=encoding, include_trained=include_trained, metadata=metadata)
-            return
-        from .ticket_file import save_ticket
-
+            from .sharded_files import save_sharded_ticket as save_ticket
+        else:
+            from .ticket_file import save_ticket
         save_ticket(self, path, encoding=encoding, include_trained=include_trained, metadata=metadata)
 
     def state_dict(self) -> dict[str, Any]:

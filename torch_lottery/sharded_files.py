@@ -107,18 +107,23 @@ def save_sharded_ticket(
 
     dist = torch.distributed
     rank = dist.get_rank() if dist.is_initialized() else 0
-    state = dict(ticket.state_dict())
-    masks = {fqn: state["masks"][fqn] for fqn in ticket.target_fqns}
-    summary = mask_rows(masks)  # global counts (a collective per sharded mask)
-    trained = {k: v.detach() for k, v in ticket.live_tensors().items()} if include_trained else {}
-    roles = [("mask", masks), ("rewind", state["rewind_weights"]), ("trained", trained)]
+    # no ticket.state_dict(): it would copy every shard; each tensor is fetched when its turn comes
+    point = ticket._point
+    state = {"config": ticket.config(), "round": ticket.round, "history": ticket.history,
+             "rewind_captured": point.captured, "steps": point.steps}
+    targets = {t.fqn: t for t in ticket.targets}
+    mask_of = lambda fqn: ticket.backend.mask(targets[fqn])  # noqa: E731  (one local mask at a time)
+    summary = [mask_rows({fqn: mask_of(fqn)})[0] for fqn in targets]  # global counts: a collective per mask
+    live = ticket.live_tensors() if include_trained else {}
+    rewind = point.tensors or {}
+    roles = [("mask", {f: None for f in targets}), ("rewind", rewind), ("trained", live)]
     folder = tempfile.mkdtemp(prefix=".ticket-spool-", dir=os.path.dirname(os.path.abspath(os.fspath(path)))) if rank == 0 else None
     spool, layout, error = (_Spool(folder) if folder else None), {}, None
     try:
         for role, tensors in roles:
             for fqn, value in tensors.items():
-                full = gather_to_rank0(value)
-                mask = gather_to_rank0(masks[fqn]) if role != "mask" and fqn in masks and encoding == "compact" else None
+                full = gather_to_rank0(mask_of(fqn) if role == "mask" else value.detach())
+                mask = gather_to_rank0(mask_of(fqn)) if role != "mask" and fqn in targets and encoding == "compact" else None
                 if rank != 0 or error is not None:
                     continue
                 try:  # rank 0 keeps taking part in the gathers after a failure, so no rank hangs
@@ -154,7 +159,7 @@ def save_sharded_ticket(
         if error is not None:
             raise error
         raise RuntimeError(f"save_ticket(): rank 0 could not write path={os.fspath(path)!r}; see its error")
-    logger.info("saved sharded ticket (%s, round %s) to %s", encoding, state["round"], path)
+    logger.info("saved sharded ticket (%s, round %s) to %s", encoding, ticket.round, path)
 
 
 def _localize(obj: Any) -> Any:

@@ -17,8 +17,9 @@ from torch import nn
 from torch.distributed.fsdp import fully_shard
 
 from torch_lottery import LotteryTicket
-from torch_lottery import load_ticket
+from torch_lottery import load_ticket, save_ticket
 from torch_lottery.sharded_files import load_ticket_state, save_ticket_state
+from torch_lottery.controls import fresh_init
 from torch_lottery.pruning import next_masks, score_weights
 from torch_lottery.scoring import get_criterion
 
@@ -131,8 +132,37 @@ def rounds(out: str) -> None:
     if rank == 0:
         torch.save(late_masks, f"{out}/late_masks.pt")
         torch.save(late_rewind, f"{out}/late_rewind.pt")
+    # rewind="reinit": each layer's reset_parameters() drawn full-size under the seed, then cut to the shard
+    model, plain = shard(build(3)), build(3)
+    ticket = LotteryTicket(model, rate=0.5, rewind="reinit", backend="baked", seed=5)
+    reference = fresh_init(plain, LotteryTicket(plain, rate=0.5).targets, seed=11)
+    drawn = full(fresh_init(model, ticket.targets, seed=11))
+    checks["reinit-equal"] = list(drawn) == list(reference) and all(torch.equal(drawn[k], reference[k]) for k in drawn)
+    with ticket:
+        train(model, opt, 0, 0)
+    expected = fresh_init(plain, LotteryTicket(plain, rate=0.5).targets, seed=5 + 1)
+    masks = full(ticket.masks)
+    live = full({k: v for k, v in ticket.live_tensors().items() if k in masks})
+    checks["reinit-rewound"] = all(torch.equal(live[k], expected[k] * masks[k]) for k in masks)
+    checks.update(refusals(out))
     with open(f"{out}/checks_{rank}.json", "w") as f:
         json.dump(checks, f)
+
+
+def refusals(out: str) -> dict:
+    """What a sharded model refuses, with the fix in the message (the same on every rank)."""
+    seen = {}
+    for name, make in (
+        ("refuse-prune-backend", lambda: LotteryTicket(shard(build()), rate=0.5)),
+        ("refuse-plain-and-sharded", lambda: (fully_shard((m := build())[0]), LotteryTicket(m, rate=0.5, backend="baked"))),
+        ("refuse-save-ticket", lambda: save_ticket(LotteryTicket(shard(build()), rate=0.5, backend="baked"), f"{out}/x")),
+    ):
+        try:
+            make()
+            seen[name] = "no error"
+        except (TypeError, ValueError) as exc:
+            seen[name] = str(exc)
+    return seen
 
 
 def resume(out: str) -> None:
