@@ -296,3 +296,31 @@ def test_two_disk_stores_sharing_a_folder_keep_their_own_snapshots(tmp_path):
     assert torch.equal(held_a_again["w"], torch.full((64,), 3.0))
     assert torch.equal(held_a["w"], torch.full((64,), 1.0))  # a mapping taken earlier keeps its bytes
     assert sorted(p.name for p in tmp_path.iterdir()) == ["rewind.safetensors"]  # no staged files left
+
+
+@pytest.mark.parametrize("backend", ["baked", "baked-bits"])
+def test_interrupt_inside_baked_module_hooks_leaves_no_hook_behind(backend):
+    # regression: the three module hooks were registered inside one list literal, so a Ctrl-C
+    # on its later lines left registered hooks whose handles were never kept (a strided sweep missed it)
+    model, ticket, _ = _setup(backend, 0)
+    counts, inject = [], _Inject(None)
+
+    def line(frame: Any, event: str, arg: Any) -> Any:
+        if event == "line":
+            inject.count += 1
+            if frame.f_code.co_name == "_hook_modules":
+                counts.append(inject.count)
+        return line
+
+    inject._line = line  # type: ignore[method-assign]
+    sys.settrace(inject)
+    try:
+        ticket.end_round_()
+    finally:
+        sys.settrace(None)
+    assert len(counts) > 10
+    for at in counts:
+        model, ticket, opt = _setup(backend, 0)
+        before = _fingerprint(model, ticket, opt)
+        _, interrupted = _run(lambda t: t.end_round_(), ticket, at)
+        assert interrupted and _same(_fingerprint(model, ticket, opt), before), f"line {at}"
