@@ -29,7 +29,7 @@ def build(seed: int = 0) -> nn.Module:
     torch.manual_seed(seed)
     model = nn.Sequential(nn.Linear(6, 9), nn.ReLU(), nn.Linear(9, 3), nn.ReLU(), nn.Linear(3, 2))
     with torch.no_grad():
-        model[0].weight.mul_(4).round_()  # integers: ties at the threshold, some on each rank
+        model[0].weight.mul_(4).round_().add_(0.25)  # a few values only: ties at the threshold on each rank, no zeros
     return model
 
 
