@@ -116,6 +116,37 @@ def test_every_registered_experiment_keeps_the_contract(name: str) -> None:
     assert all(isinstance(line, str) for line in entry.describe(config))
 
 
+@pytest.mark.parametrize("name", sorted(EXPERIMENTS))
+def test_the_cli_passes_every_registered_experiment_all_its_options(name: str) -> None:
+    """A flag the command line adds but never passes to make_config would be silently ignored."""
+    import argparse
+    import inspect
+
+    from torch_lottery.cli import build_parser
+
+    entry = EXPERIMENTS[name]
+    parsed = vars(build_parser().parse_args(["reproduce", "--experiment", name]))
+    assert parsed["experiment"] == name
+    accepted = inspect.signature(entry.make_config).parameters
+    assert set(entry.options) <= set(accepted), "options make_config does not take"
+    assert set(entry.options) - {"profile"} <= set(parsed), "options without a flag (profile comes from --full)"
+    if entry.add_arguments is not None:
+        own = argparse.ArgumentParser()
+        entry.add_arguments(own)
+        flags = set(vars(own.parse_args([])))
+        # --granularity is the command line's own switch to the structured experiment, not an option
+        assert flags - {"granularity"} <= set(entry.options), "flags the experiment adds but does not take"
+
+
+def test_the_cli_offers_exactly_the_registered_experiments(capsys) -> None:
+    from torch_lottery.cli import build_parser
+
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["reproduce", "--experiment", "nonexistent"])
+    err = capsys.readouterr().err
+    assert "choose from " + ", ".join(EXPERIMENTS) in err.replace("'", "")
+
+
 def test_imp_is_the_default_experiment() -> None:
     from torch_lottery.cli import build_parser
 

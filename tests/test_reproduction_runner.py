@@ -14,6 +14,7 @@ from torch_lottery.reproduction.experiments import run_experiment
 from torch_lottery.reproduction.imp import planned_runs
 from torch_lottery.reproduction.models import build_model
 from torch_lottery.reproduction.runner import (
+    SeedRun,
     evaluate,
     finished_runs,
     load_results,
@@ -122,3 +123,68 @@ def test_a_failing_worker_raises_with_its_traceback(tmp_path: Path) -> None:
         run_seeds(_failing_seed, cfg, None, tmp_path, jobs=2)
     with pytest.raises(RuntimeError, match=r"seed 1 broke on purpose"):  # in this process: the error itself
         run_seeds(_failing_seed, cfg, None, tmp_path, jobs=1)
+
+
+# ----------------------------------------------------------------------------- SeedRun: one seed's shared setup
+
+
+def test_runner_doctests() -> None:
+    import doctest
+
+    from torch_lottery.reproduction import runner
+
+    assert doctest.testmod(runner).failed == 0
+
+
+@needs_data
+def test_seed_run_builds_theta_0_and_the_paper_tickets(tmp_path: Path, data) -> None:
+    config = make_config(iterations=30, rounds=1, seeds=[2], eval_every=10, train_limit=3000)
+    run = SeedRun(config, data, tmp_path, 2)
+    theta_0 = build_model("lenet", seed=2).state_dict()
+    assert all(torch.equal(v, theta_0[k]) for k, v in run.new_model().state_dict().items())
+    assert not torch.equal(run.new_model(3).fc1.weight, theta_0["fc1.weight"])  # another initialization
+    assert run.new_model(dropout=0.5).dropout.p == 0.5 and run.new_model().dropout is None
+    assert run.rates == {"fc1.weight": 0.2, "fc2.weight": 0.2, "fc3.weight": 0.1}
+    # iterative: one exit prunes each layer at its rate; prunes=3: straight to three rounds' sparsity
+    for prunes, rounds in ((None, 1), (3, 3)):
+        model = run.new_model()
+        ticket = run.layer_ticket(model, prunes=prunes)
+        with ticket:
+            pass
+        for fqn, rate in run.rates.items():
+            kept, numel = int(ticket.masks[fqn].sum()), ticket.masks[fqn].numel()
+            assert abs(kept - numel * (1 - rate) ** rounds) <= 1, (prunes, fqn)
+        state = model.state_dict()  # survivors rewound to theta_0, the pruned entries zero
+        assert all(torch.equal(state[k], theta_0[k] * ticket.masks[k] if k in ticket.masks else theta_0[k])
+                   for k in theta_0)
+    model = run.new_model()
+    optimizer = torch.optim.Adam(model.parameters())
+    assert run.layer_ticket(model, rewind="none", optimizer=optimizer).optimizer is optimizer
+
+
+@needs_data
+def test_seed_run_trains_with_the_configuration_and_the_rounds_data_order(tmp_path: Path, data) -> None:
+    config = make_config(iterations=30, rounds=1, seeds=[2], eval_every=10, train_limit=3000)
+    ticks: list[int] = []
+    run = SeedRun(config, data, tmp_path, 2, progress=ticks.append)
+    result = run.train(run.new_model(), 1)
+    plain = train_run(build_model("lenet", seed=2), data, iterations=30, batch_size=60, lr=1.2e-3, eval_every=10,
+                      seed=100_003 * 2 + 1)
+    assert _strip([result]) == _strip([plain]) and ticks == [10, 10, 10]
+    other_round = run.train(run.new_model(), 2, progress=None)
+    assert other_round["curve"] != result["curve"] and ticks == [10, 10, 10]
+    short = run.train(run.new_model(), 1, iterations=20, eval_every=20, progress=None)
+    assert short["iterations_trained"] == 20 and [c[0] for c in short["curve"]] == [20]
+
+
+def test_seed_run_records_and_knows_what_is_done(tmp_path: Path) -> None:
+    config = make_config(iterations=30, rounds=1, seeds=[2])
+    run = SeedRun(config, None, tmp_path, 2)
+    assert run.path("ticket") == tmp_path / "state" / "seed2-ticket.pt"
+    assert run.pending("ticket", 0)
+    result = {"early_stop_iteration": 10, "test_acc_early_stop": 0.5, "test_acc_end": 0.5}
+    rec = run.record("ticket", 0, {"w": torch.ones(3, dtype=torch.bool)}, result)
+    assert rec["seed"] == 2 and rec["remaining"] == 3 and not run.pending("ticket", 0)
+    assert finished_runs(tmp_path) == {"seed2-ticket-r00"}
+    assert not SeedRun(config, None, tmp_path, 2).pending("ticket", 0)  # read back from the records
+    assert SeedRun(config, None, tmp_path, 3).pending("ticket", 0) and run.pending("ticket", 1)

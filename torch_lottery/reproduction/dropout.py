@@ -26,11 +26,10 @@ from typing import Any, Mapping, Sequence, Union
 
 import torch
 
-from .. import LotteryTicket  # the public API only
 from ..files import atomic_write
 from .data import DatasetSplits
-from .models import PAPER_SETTINGS, build_model, paper_layer_rates
-from .runner import Progress, finished_runs, load_tensors, record_run, run_key, save_tensors, train_run, write_json
+from .models import PAPER_SETTINGS
+from .runner import Progress, SeedRun, load_tensors, save_tensors, write_json
 
 __all__ = [
     "KINDS",
@@ -159,17 +158,13 @@ def planned_runs(config: DropoutConfig) -> list[tuple[int, str, int]]:
     return [(seed, kind, rnd) for seed in config.seeds for kind in KINDS for rnd in range(config.rounds + 1)]
 
 
-def _kind(config: DropoutConfig, data: DatasetSplits, out_dir: Path, seed: int, kind: str,
-          progress: Progress | None, backend: str) -> None:
-    done = finished_runs(out_dir)
-    if all(run_key(seed, kind, r) in done for r in range(config.rounds + 1)):
+def _kind(run: SeedRun, kind: str) -> None:
+    config, seed = run.config, run.seed
+    if not any(run.pending(kind, r) for r in range(config.rounds + 1)):
         return
-    p = config.dropout if kind == "dropout" else 0.0
-    model = build_model(config.model, input_shape=data.input_shape, num_classes=data.num_classes, seed=seed, dropout=p)
-    rates = paper_layer_rates(model, PAPER_SETTINGS[config.model])
-    ticket = LotteryTicket(model, scope="layer", layer_rates=dict(rates), targets=list(rates), rewind="init",
-                           seed=seed, backend=backend)
-    state = out_dir / "state" / f"seed{seed}-{kind}.pt"
+    model = run.new_model(dropout=config.dropout if kind == "dropout" else 0.0)  # theta_0 either way
+    ticket = run.layer_ticket(model)
+    state = run.path(kind)
     if state.is_file():
         ticket.load_state_dict(load_tensors(state), rewind=True)
     for rnd in range(ticket.round, config.rounds + 1):
@@ -178,16 +173,14 @@ def _kind(config: DropoutConfig, data: DatasetSplits, out_dir: Path, seed: int, 
         def train() -> dict[str, Any]:
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(7_000_003 * seed + rnd)  # the dropout masks of this run
-                return train_run(model, data, iterations=config.iterations, batch_size=config.batch_size,
-                                 lr=config.lr, eval_every=config.eval_every, seed=100_003 * seed + rnd,
-                                 progress=progress)
+                return run.train(model, rnd)
 
         if rnd == config.rounds:
             result = train()
         else:
             with ticket:
                 result = train()
-        record_run(out_dir, seed=seed, kind=kind, rnd=rnd, masks=masks, result=result)
+        run.record(kind, rnd, masks, result)
         if rnd < config.rounds:  # after the record: a stop in between repeats the round
             save_tensors(state, ticket.state_dict())
 
@@ -195,8 +188,9 @@ def _kind(config: DropoutConfig, data: DatasetSplits, out_dir: Path, seed: int, 
 def run_seed(config: DropoutConfig, data: DatasetSplits, out_dir: Path, seed: int, *,
              progress: Progress | None = None, backend: str = "prune") -> None:
     """Every planned run of one seed not yet recorded in ``out_dir`` (see the module docstring)."""
+    run = SeedRun(config, data, out_dir, seed, progress=progress, backend=backend)
     for kind in KINDS:
-        _kind(config, data, out_dir, seed, kind, progress, backend)
+        _kind(run, kind)
 
 
 # ----------------------------------------------------------------------------- report

@@ -33,13 +33,13 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Mapping, Sequence, Union
 
-from torch import Tensor, nn
+from torch import nn
 
-from .. import EarlyBird, LotteryTicket, mask_overlap  # the public API only
+from .. import EarlyBird, mask_overlap  # the public API only
 from ..files import atomic_write
 from .data import DatasetSplits
-from .models import PAPER_SETTINGS, build_model, paper_layer_rates
-from .runner import Progress, finished_runs, load_tensors, record_run, run_key, save_tensors, train_run, write_json
+from .models import PAPER_SETTINGS
+from .runner import Progress, SeedRun, load_tensors, save_tensors, write_json
 
 __all__ = [
     "KINDS",
@@ -187,62 +187,30 @@ def planned_runs(config: EarlyBirdConfig) -> list[tuple[int, str, int]]:
 # ----------------------------------------------------------------------------- one seed
 
 
-class _Seed:
-    """One seed's models, tickets, training and records."""
+class _Seed(SeedRun):
+    """One seed's runs: the shared setup, plus training watched by an early bird."""
 
-    def __init__(self, config: EarlyBirdConfig, data: DatasetSplits, out_dir: Path, seed: int,
-                 progress: Progress | None, backend: str) -> None:
-        self.config, self.data, self.out_dir, self.seed = config, data, out_dir, seed
-        self.progress, self.backend = progress, backend
-        self.done = finished_runs(out_dir)
-        self.rates = paper_layer_rates(self.new_model(), PAPER_SETTINGS[config.model])
-
-    def path(self, what: str) -> Path:
-        return self.out_dir / "state" / f"seed{self.seed}-{what}.pt"
-
-    def pending(self, kind: str, rnd: int) -> bool:
-        return run_key(self.seed, kind, rnd) not in self.done
-
-    def new_model(self) -> nn.Module:  # theta_0 of this seed
-        return build_model(self.config.model, input_shape=self.data.input_shape,
-                           num_classes=self.data.num_classes, seed=self.seed)
-
-    def imp_ticket(self, model: nn.Module) -> LotteryTicket:
-        return LotteryTicket(model, scope="layer", layer_rates=dict(self.rates), targets=list(self.rates),
-                             rewind="init", seed=self.seed, backend=self.backend)
-
-    def oneshot_ticket(self, model: nn.Module) -> LotteryTicket:
-        final = {k: 1.0 - (1.0 - r) ** self.config.rounds for k, r in self.rates.items()}
-        return LotteryTicket(model, scope="layer", layer_sparsity=final, targets=list(self.rates),
-                             rewind="init", seed=self.seed, backend=self.backend)
-
-    def train(self, model: nn.Module, rnd: int, eb: EarlyBird | None = None) -> dict[str, Any]:
-        c = self.config
-        result = train_run(model, self.data, iterations=c.iterations, batch_size=c.batch_size, lr=c.lr,
-                           eval_every=c.eval_every, seed=100_003 * self.seed + rnd, progress=self.progress,
-                           stop=None if eb is None else (lambda it: eb.update()))
+    def train_watched(self, model: nn.Module, rnd: int, eb: EarlyBird | None = None) -> dict[str, Any]:
+        """:meth:`train` round ``rnd``, stopped when ``eb`` (updated at every validation) fires."""
+        result = self.train(model, rnd, stop=None if eb is None else (lambda it: eb.update()))
         if eb is not None:
             result.update(eb_distances=list(eb.distances), eb_emerged_at=eb.emerged_at,
                           eb_fired=eb.emerged_at is not None)
         return result
-
-    def record(self, kind: str, rnd: int, masks: Mapping[str, Tensor], result: dict[str, Any]) -> None:
-        record_run(self.out_dir, seed=self.seed, kind=kind, rnd=rnd, masks=masks, result=result)
-        self.done.add(run_key(self.seed, kind, rnd))
 
 
 def _iterative(run: _Seed, kind: str, watch: bool) -> None:
     """imp (``watch=False``) or eb-imp (``watch=True``): every round, resuming from ``state/``."""
     config = run.config
     model = run.new_model()
-    ticket = run.imp_ticket(model)
+    ticket = run.layer_ticket(model)
     state = run.path(f"{kind}-ticket")
     if state.is_file():
         ticket.load_state_dict(load_tensors(state), rewind=True)
     for rnd in range(ticket.round, config.rounds):
         eb = EarlyBird(ticket, epsilon=config.epsilon, window=config.window) if watch else None
         with ticket:
-            result = run.train(model, rnd, eb)
+            result = run.train_watched(model, rnd, eb)
             if rnd == 0 and not watch:
                 save_tensors(run.path("dense-trained"), {k: v.detach().clone() for k, v in model.state_dict().items()})
             masks = {k: v.clone() for k, v in ticket.masks.items()}
@@ -255,7 +223,7 @@ def _iterative(run: _Seed, kind: str, watch: bool) -> None:
 def _oneshot(run: _Seed) -> None:
     """imp's trained dense network pruned once to the final per-layer sparsity, rewound, trained."""
     model = run.new_model()
-    ticket = run.oneshot_ticket(model)
+    ticket = run.layer_ticket(model, prunes=run.config.rounds)
     with ticket:  # "training" = loading imp's trained dense weights
         model.load_state_dict(load_tensors(run.path("dense-trained")))
     run.record("oneshot", run.config.rounds, ticket.masks, run.train(model, run.config.rounds))
@@ -264,14 +232,14 @@ def _oneshot(run: _Seed) -> None:
 def _eb_oneshot(run: _Seed) -> None:
     """One dense run stopped by an EarlyBird on a one-shot ticket, pruned once, rewound, trained."""
     model = run.new_model()
-    ticket = run.oneshot_ticket(model)
+    ticket = run.layer_ticket(model, prunes=run.config.rounds)
     state = run.path("eb-oneshot-ticket")
     if state.is_file():
         ticket.load_state_dict(load_tensors(state), rewind=True)
     else:
         eb = EarlyBird(ticket, epsilon=run.config.epsilon, window=run.config.window)
         with ticket:
-            result = run.train(model, 0, eb)
+            result = run.train_watched(model, 0, eb)
             dense = {k: v.clone() for k, v in ticket.masks.items()}
         run.record("eb-oneshot", 0, dense, result)
         save_tensors(state, ticket.state_dict())
@@ -282,7 +250,7 @@ def _eb_oneshot(run: _Seed) -> None:
 def run_seed(config: EarlyBirdConfig, data: DatasetSplits, out_dir: Path, seed: int, *,
              progress: Progress | None = None, backend: str = "prune") -> None:
     """Every planned run of one seed not yet recorded in ``out_dir`` (see the module docstring)."""
-    run = _Seed(config, data, out_dir, seed, progress, backend)
+    run = _Seed(config, data, out_dir, seed, progress=progress, backend=backend)
     for kind, watch in (("imp", False), ("eb-imp", True)):
         if any(run.pending(kind, r) for r in range(config.rounds + 1)):
             _iterative(run, kind, watch=watch)

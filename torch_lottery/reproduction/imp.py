@@ -26,15 +26,14 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Mapping
 
 from torch import Tensor, nn
 
 from .. import LotteryTicket, random_masks_like  # the public API only
 from .config import ReproConfig
 from .data import DatasetSplits
-from .models import PAPER_SETTINGS, build_model, paper_layer_rates
-from .runner import Progress, finished_runs, load_tensors, record_run, run_key, save_tensors, train_run
+from .runner import Progress, SeedRun, load_tensors, save_tensors
 
 __all__ = ["planned_runs", "run_seed"]
 
@@ -60,45 +59,6 @@ def planned_runs(config: ReproConfig) -> list[tuple[int, str, int]]:
     return plan
 
 
-class _Seed:
-    """One seed's context: builds its models and tickets, trains and records its runs, knows what is done."""
-
-    def __init__(self, config: ReproConfig, data: DatasetSplits, out_dir: Path, seed: int,
-                 progress: Progress | None, backend: str) -> None:
-        self.config, self.data, self.out_dir, self.seed = config, data, out_dir, seed
-        self.progress, self.backend = progress, backend
-        self.state_dir = out_dir / "state"
-        self.done = finished_runs(out_dir)
-        self.rates: dict[str, float] = {}
-
-    def path(self, what: str) -> Path:
-        """A file of this seed under ``<out_dir>/state/``."""
-        return self.state_dir / f"seed{self.seed}-{what}.pt"
-
-    def pending(self, kind: str, rnd: int) -> bool:
-        return run_key(self.seed, kind, rnd) not in self.done
-
-    def new_model(self, seed: int) -> nn.Module:
-        return build_model(self.config.model, input_shape=self.data.input_shape,
-                           num_classes=self.data.num_classes, seed=seed)
-
-    def new_ticket(self, model: nn.Module) -> LotteryTicket:
-        # layer_rates covers every target: the paper's per-layer rates, nothing global.
-        return LotteryTicket(model, scope="layer", layer_rates=dict(self.rates), targets=list(self.rates),
-                             rewind="init", seed=self.seed, backend=self.backend)
-
-    def train(self, model: nn.Module, rnd: int) -> dict[str, Any]:
-        # Same data order for every kind at a given (seed, round): the comparisons differ only in
-        # mask and initialization.
-        c = self.config
-        return train_run(model, self.data, iterations=c.iterations, batch_size=c.batch_size, lr=c.lr,
-                         eval_every=c.eval_every, seed=100_003 * self.seed + rnd, progress=self.progress)
-
-    def record(self, kind: str, rnd: int, masks: Mapping[str, Tensor], result: dict[str, Any]) -> None:
-        record_run(self.out_dir, seed=self.seed, kind=kind, rnd=rnd, masks=masks, result=result)
-        self.done.add(run_key(self.seed, kind, rnd))
-
-
 def run_seed(config: ReproConfig, data: DatasetSplits, out_dir: Path, seed: int, *,
              progress: Progress | None = None, backend: str = "prune") -> None:
     """Every planned run of one seed, skipping finished ones (see the module docstring).
@@ -111,10 +71,9 @@ def run_seed(config: ReproConfig, data: DatasetSplits, out_dir: Path, seed: int,
         progress: called with the number of training iterations just done.
         backend: the tickets' mask backend (``LotteryTicket(backend=...)``).
     """
-    run = _Seed(config, data, out_dir, seed, progress, backend)
-    model = run.new_model(seed)
-    run.rates = paper_layer_rates(model, PAPER_SETTINGS[config.model])
-    ticket = run.new_ticket(model)
+    run = SeedRun(config, data, out_dir, seed, progress=progress, backend=backend)
+    model = run.new_model()  # theta_0
+    ticket = run.layer_ticket(model)  # the paper's per-layer rates, nothing global
     if run.path("ticket").is_file():
         ticket.load_state_dict(load_tensors(run.path("ticket")), rewind=True)  # masks, snapshot, weights
         logger.info("seed %d: resumed the iterative ticket after round %d", seed, ticket.round)
@@ -135,7 +94,7 @@ def run_seed(config: ReproConfig, data: DatasetSplits, out_dir: Path, seed: int,
         logger.info("seed %d: final ticket (round %d) saved to %s", seed, ticket.round, final_path)
 
 
-def _ticket_round(run: _Seed, ticket: LotteryTicket, model: nn.Module, rnd: int) -> None:
+def _ticket_round(run: SeedRun, ticket: LotteryTicket, model: nn.Module, rnd: int) -> None:
     """The iterative ticket at round ``rnd`` (``rnd`` prunes applied): train, then prune and rewind."""
     masks_path = run.path(f"masks-r{rnd:02d}")
     if not masks_path.is_file():
@@ -152,28 +111,26 @@ def _ticket_round(run: _Seed, ticket: LotteryTicket, model: nn.Module, rnd: int)
         run.record("ticket", rnd, ticket.masks, run.train(model, rnd))
 
 
-def _controls(run: _Seed, rnd: int, masks: Mapping[str, Tensor]) -> None:
+def _controls(run: SeedRun, rnd: int, masks: Mapping[str, Tensor]) -> None:
     """The random re-initialization and random-mask controls on round ``rnd``'s ticket masks."""
     seed = run.seed
     if "reinit" in run.config.controls and run.pending("reinit", rnd):
         other = run.new_model(1_000_000 + 1000 * seed + rnd)  # a fresh random initialization
-        control = run.new_ticket(other)
+        control = run.layer_ticket(other)
         control.set_masks_(masks)  # the rewind point is this fresh initialization
         run.record("reinit", rnd, masks, run.train(other, rnd))
     if "random" in run.config.controls and run.pending("random", rnd):
-        other = run.new_model(seed)  # the ticket's theta_0
-        control = run.new_ticket(other)
+        other = run.new_model()  # the ticket's theta_0
+        control = run.layer_ticket(other)
         random_masks = random_masks_like(masks, seed=7919 * seed + rnd)
         control.set_masks_(random_masks)
         run.record("random", rnd, random_masks, run.train(other, rnd))
 
 
-def _oneshot(run: _Seed, rnd: int) -> None:
+def _oneshot(run: SeedRun, rnd: int) -> None:
     """The dense network's trained weights pruned once to round ``rnd``'s per-layer sparsity, rewound, trained."""
-    other = run.new_model(run.seed)  # theta_0
-    oneshot = LotteryTicket(other, layer_sparsity={k: 1.0 - (1.0 - r) ** rnd for k, r in run.rates.items()},
-                            targets=list(run.rates), scope="layer", rewind="init", seed=run.seed,
-                            backend=run.backend)
+    other = run.new_model()  # theta_0
+    oneshot = run.layer_ticket(other, prunes=rnd)
     with oneshot:  # "training" = loading the dense network's trained weights
         other.load_state_dict(load_tensors(run.path("dense-trained")))
     run.record("oneshot", rnd, oneshot.masks, run.train(other, rnd))

@@ -36,9 +36,9 @@ from torch import Tensor, nn
 from .. import DENSITY_RULES, LotteryTicket, prune_at_init  # the public API only
 from ..files import atomic_write
 from .data import DatasetSplits
-from .models import PAPER_SETTINGS, build_model
+from .models import PAPER_SETTINGS
 from .report import summarize
-from .runner import Progress, finished_runs, load_tensors, record_run, run_key, save_tensors, train_run, write_json
+from .runner import Progress, SeedRun, load_tensors, save_tensors, write_json
 
 __all__ = [
     "INIT_PROFILES",
@@ -216,39 +216,26 @@ def planned_init_runs(config: InitConfig) -> list[tuple[int, str, int]]:
 # ----------------------------------------------------------------------------- one seed
 
 
-class _Seed:
-    """One seed's context: its models, data batches for scoring, training and records."""
+class _Seed(SeedRun):
+    """One seed's runs: the shared setup, plus the data batches the scored methods see."""
 
-    def __init__(self, config: InitConfig, data: DatasetSplits, out_dir: Path, seed: int,
+    def __init__(self, config: InitConfig, data: DatasetSplits, out_dir: Path, seed: int, *,
                  progress: Progress | None, backend: str) -> None:
-        self.config, self.data, self.out_dir, self.seed = config, data, out_dir, seed
-        self.progress, self.backend = progress, backend
-        self.done = finished_runs(out_dir)
+        super().__init__(config, data, out_dir, seed, progress=progress, backend=backend)
         generator = torch.Generator().manual_seed(10_007 * seed + 1)
         n = min(len(data.train), config.prune_batches * config.prune_batch_size)
         idx = torch.randperm(len(data.train), generator=generator)[:n]
         self.batches = [(data.train.x[i], data.train.y[i]) for i in idx.split(config.prune_batch_size)]
 
-    def pending(self, kind: str, rnd: int) -> bool:
-        return run_key(self.seed, kind, rnd) not in self.done
-
-    def new_model(self) -> nn.Module:
-        return build_model(self.config.model, input_shape=self.data.input_shape,
-                           num_classes=self.data.num_classes, seed=self.seed)
-
     def train_and_record(self, kind: str, rnd: int, model: nn.Module, masks: Mapping[str, Tensor]) -> None:
-        c = self.config
         masks = {k: v.clone() for k, v in masks.items()}
-        result = train_run(model, self.data, iterations=c.iterations, batch_size=c.batch_size, lr=c.lr,
-                           eval_every=c.eval_every, seed=100_003 * self.seed + rnd, progress=self.progress)
-        record_run(self.out_dir, seed=self.seed, kind=kind, rnd=rnd, masks=masks, result=result)
-        self.done.add(run_key(self.seed, kind, rnd))
+        self.record(kind, rnd, masks, self.train(model, rnd))
 
 
 def run_init_seed(config: InitConfig, data: DatasetSplits, out_dir: Path, seed: int, *,
                   progress: Progress | None = None, backend: str = "prune") -> None:
     """Every planned run of one seed, skipping finished ones (see the module docstring)."""
-    run = _Seed(config, data, out_dir, seed, progress, backend)
+    run = _Seed(config, data, out_dir, seed, progress=progress, backend=backend)
     _imp(run)
     for r, density in enumerate(config.levels, start=1):
         sparsity = 1.0 - density
@@ -272,7 +259,7 @@ def run_init_seed(config: InitConfig, data: DatasetSplits, out_dir: Path, seed: 
 
 def _imp(run: _Seed) -> None:
     """IMP to the experiment's levels: round ``r`` trains at density ``levels[r - 1]``, round 0 is dense."""
-    config, levels = run.config, run.config.levels
+    levels = run.config.levels
     if not any(run.pending("imp", r) for r in range(len(levels) + 1)):
         return
     model = run.new_model()

@@ -38,8 +38,8 @@ from torch import nn
 from .. import LotteryTicket  # the public API only
 from ..files import atomic_write
 from .data import DatasetSplits
-from .models import PAPER_SETTINGS, build_model, paper_layer_rates
-from .runner import Progress, finished_runs, load_tensors, record_run, run_key, save_tensors, train_run, write_json
+from .models import PAPER_SETTINGS
+from .runner import Progress, SeedRun, load_tensors, save_tensors, write_json
 
 __all__ = [
     "KINDS",
@@ -181,27 +181,24 @@ def planned_runs(config: RewindingConfig) -> list[tuple[int, str, int]]:
 # ----------------------------------------------------------------------------- one seed
 
 
-def _setup(config: RewindingConfig, model: nn.Module, rates: Mapping[str, float], kind: str, seed: int,
-           backend: str) -> tuple[LotteryTicket, torch.optim.Optimizer, Any]:
+def _setup(run: SeedRun, model: nn.Module, kind: str) -> tuple[LotteryTicket, torch.optim.Optimizer, Any]:
+    config = run.config
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
     scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=list(config.milestones), gamma=0.1)
     rewind = {"rewind-init": "init", "rewind-k": config.rewind_step, "lrr": "none", "finetune": "none"}[kind]
     restores = kind != "finetune"  # fine-tuning: the optimizer and the schedule go on as they are
-    ticket = LotteryTicket(model, scope="layer", layer_rates=dict(rates), targets=list(rates), rewind=rewind,
-                           optimizer=optimizer if restores else None, scheduler=scheduler if restores else None,
-                           seed=seed, backend=backend)
+    ticket = run.layer_ticket(model, rewind=rewind, optimizer=optimizer if restores else None,
+                              scheduler=scheduler if restores else None)
     return ticket, optimizer, scheduler
 
 
-def _kind(config: RewindingConfig, data: DatasetSplits, out_dir: Path, seed: int, kind: str,
-          progress: Progress | None, backend: str) -> None:
-    done = finished_runs(out_dir)
-    if all(run_key(seed, kind, r) in done for r in range(config.rounds + 1)):
+def _kind(run: SeedRun, kind: str) -> None:
+    config = run.config
+    if not any(run.pending(kind, r) for r in range(config.rounds + 1)):
         return
-    model = build_model(config.model, input_shape=data.input_shape, num_classes=data.num_classes, seed=seed)
-    rates = paper_layer_rates(model, PAPER_SETTINGS[config.model])
-    ticket, optimizer, scheduler = _setup(config, model, rates, kind, seed, backend)
-    state = out_dir / "state" / f"seed{seed}-{kind}.pt"
+    model = run.new_model()  # theta_0
+    ticket, optimizer, scheduler = _setup(run, model, kind)
+    state = run.path(kind)
     if state.is_file():  # resume after the last finished round: masks, weights, optimizer, schedule
         saved = load_tensors(state)
         ticket.load_state_dict(saved["ticket"])
@@ -215,9 +212,8 @@ def _kind(config: RewindingConfig, data: DatasetSplits, out_dir: Path, seed: int
         masks = {k: v.clone() for k, v in ticket.masks.items()}
 
         def train() -> dict[str, Any]:
-            return train_run(model, data, iterations=iterations, batch_size=config.batch_size, lr=config.lr,
-                             eval_every=config.eval_every, seed=100_003 * seed + rnd, progress=progress,
-                             optimizer=lambda _params: optimizer, scheduler=scheduler)
+            return run.train(model, rnd, iterations=iterations, optimizer=lambda _params: optimizer,
+                             scheduler=scheduler)
 
         if rnd == config.rounds:
             result = train()  # the last round trains without pruning afterwards
@@ -225,7 +221,7 @@ def _kind(config: RewindingConfig, data: DatasetSplits, out_dir: Path, seed: int
             with ticket:
                 result = train()
         result["lr_end"] = optimizer.param_groups[0]["lr"]
-        record_run(out_dir, seed=seed, kind=kind, rnd=rnd, masks=masks, result=result)
+        run.record(kind, rnd, masks, result)
         if rnd < config.rounds:
             save_tensors(state, {"ticket": ticket.state_dict(), "model": model.state_dict(),
                                  "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()})
@@ -234,8 +230,9 @@ def _kind(config: RewindingConfig, data: DatasetSplits, out_dir: Path, seed: int
 def run_seed(config: RewindingConfig, data: DatasetSplits, out_dir: Path, seed: int, *,
              progress: Progress | None = None, backend: str = "prune") -> None:
     """Every planned run of one seed not yet recorded in ``out_dir`` (see the module docstring)."""
+    run = SeedRun(config, data, out_dir, seed, progress=progress, backend=backend)
     for kind in KINDS:
-        _kind(config, data, out_dir, seed, kind, progress, backend)
+        _kind(run, kind)
 
 
 # ----------------------------------------------------------------------------- report

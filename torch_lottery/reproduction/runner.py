@@ -4,6 +4,9 @@ This is the machinery every experiment of the reproduction shares:
 
 * :func:`train_run` trains a model with Adam on in-memory data and tracks the early-stop point
   (the minimum validation loss); :func:`evaluate` measures loss and accuracy.
+* :class:`SeedRun` is one seed's setup, shared by the experiments' per-seed functions: its
+  theta_0 (the model built under the seed), the paper's layer-wise ticket, training with the
+  configuration's settings and the seed's data order, run records and resume files.
 * :func:`record_run` writes one finished run to ``<out_dir>/runs/<key>.json`` at once (with the
   per-tensor remaining counts of its masks); :func:`finished_runs` and :func:`load_results` read
   them back, which is what makes an interrupted experiment resumable.
@@ -28,12 +31,15 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .. import LotteryTicket  # the public API only
 from ..files import atomic_write
 from ..summary import mask_rows, totals
 from .data import DatasetSplits, Split
+from .models import PAPER_SETTINGS, build_model, paper_layer_rates
 
 __all__ = [
     "Progress",
+    "SeedRun",
     "SeedRunner",
     "evaluate",
     "finished_runs",
@@ -263,6 +269,97 @@ def _check_config(out_dir: Path, config: Any) -> None:
                 f"(differs in {diff}); use another output directory or delete it to start over"
             )
     write_json(path, new)
+
+
+# ----------------------------------------------------------------------------- one seed's setup
+
+
+class SeedRun:
+    """One seed of an experiment: its models, tickets, training, run records and resume files.
+
+    Every experiment's per-seed function starts from the same setup: theta_0 is the model built
+    under the seed, pruning follows the paper's layer-wise rates, each run trains with the
+    configuration's settings on the data order of its ``(seed, round)`` (so the kinds of an
+    experiment differ only in what they compare), and what is recorded under ``out_dir`` is not
+    run again. Experiments with more per-seed state subclass it.
+
+    Args:
+        config: the experiment's configuration; :meth:`train` reads its ``iterations``,
+            ``batch_size``, ``lr`` and ``eval_every`` unless given, :meth:`new_model` its ``model``.
+        data: the dataset splits (their ``input_shape`` and ``num_classes`` shape the models).
+        out_dir: the experiment's output directory.
+        seed: the seed (initialization, data order).
+        progress: called with the number of training iterations just done.
+        backend: the tickets' mask backend.
+
+    Example:
+        >>> from types import SimpleNamespace
+        >>> run = SeedRun(SimpleNamespace(model="lenet"), SimpleNamespace(input_shape=(1, 28, 28), num_classes=10),
+        ...               Path("runs/x"), 3)
+        >>> run.path("ticket"), run.data_seed(2), run.rates["fc3.weight"]
+        (PosixPath('runs/x/state/seed3-ticket.pt'), 300011, 0.1)
+    """
+
+    def __init__(self, config: Any, data: DatasetSplits, out_dir: Path, seed: int, *,
+                 progress: Progress | None = None, backend: str = "prune") -> None:
+        self.config, self.data, self.out_dir, self.seed = config, data, Path(out_dir), seed
+        self.progress, self.backend = progress, backend
+        self.done = finished_runs(self.out_dir)
+        self._rates: dict[str, float] | None = None
+
+    def pending(self, kind: str, rnd: int) -> bool:
+        """Whether the run ``(kind, rnd)`` of this seed is not recorded yet."""
+        return run_key(self.seed, kind, rnd) not in self.done
+
+    def path(self, what: str) -> Path:
+        """A resume file of this seed: ``<out_dir>/state/seed<seed>-<what>.pt``."""
+        return self.out_dir / "state" / f"seed{self.seed}-{what}.pt"
+
+    def data_seed(self, rnd: int) -> int:
+        """The minibatch-order seed of round ``rnd`` (the same for every kind at a given round)."""
+        return 100_003 * self.seed + rnd
+
+    def new_model(self, seed: int | None = None, **options: Any) -> nn.Module:
+        """``config.model`` built under ``seed`` (default: this seed, so theta_0); ``options`` go to
+        :func:`~torch_lottery.reproduction.models.build_model` (``dropout``)."""
+        return build_model(self.config.model, input_shape=self.data.input_shape, num_classes=self.data.num_classes,
+                           seed=self.seed if seed is None else seed, **options)
+
+    @property
+    def rates(self) -> dict[str, float]:
+        """The paper's per-layer pruning rates of ``config.model`` (FQN -> fraction pruned per round)."""
+        if self._rates is None:
+            self._rates = paper_layer_rates(self.new_model(), PAPER_SETTINGS[self.config.model])
+        return self._rates
+
+    def layer_ticket(self, model: nn.Module, *, prunes: int | None = None, rewind: Any = "init",
+                     **options: Any) -> LotteryTicket:
+        """A layer-wise ticket on the paper's targets: pruning at :attr:`rates` each round, or with
+        ``prunes=n`` straight to the sparsity ``n`` such rounds reach (one-shot); ``options`` go to
+        :class:`~torch_lottery.LotteryTicket` (``optimizer``, ``scheduler``)."""
+        if prunes is None:
+            schedule: dict[str, Any] = {"layer_rates": dict(self.rates)}
+        else:
+            schedule = {"layer_sparsity": {k: 1.0 - (1.0 - r) ** prunes for k, r in self.rates.items()}}
+        return LotteryTicket(model, scope="layer", targets=list(self.rates), rewind=rewind, seed=self.seed,
+                             backend=self.backend, **schedule, **options)
+
+    def train(self, model: nn.Module, rnd: int, **options: Any) -> dict[str, Any]:
+        """:func:`train_run` of round ``rnd``: the configuration's ``iterations``, ``batch_size``, ``lr``
+        and ``eval_every``, the round's :meth:`data_seed` and this seed's progress, unless ``options``
+        give them (any other :func:`train_run` option passes through)."""
+        for name in ("iterations", "batch_size", "lr", "eval_every"):
+            if name not in options:
+                options[name] = getattr(self.config, name)
+        options.setdefault("seed", self.data_seed(rnd))
+        options.setdefault("progress", self.progress)
+        return train_run(model, self.data, **options)
+
+    def record(self, kind: str, rnd: int, masks: Mapping[str, Tensor], result: Mapping[str, Any]) -> dict[str, Any]:
+        """:func:`record_run` of this seed's run ``(kind, rnd)``; it is no longer :meth:`pending`."""
+        rec = record_run(self.out_dir, seed=self.seed, kind=kind, rnd=rnd, masks=masks, result=result)
+        self.done.add(run_key(self.seed, kind, rnd))
+        return rec
 
 
 # ----------------------------------------------------------------------------- seeds, resume, workers

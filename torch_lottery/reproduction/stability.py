@@ -35,8 +35,8 @@ from torch import Tensor, nn
 
 from ..files import atomic_write
 from .data import DatasetSplits
-from .models import PAPER_SETTINGS, build_model
-from .runner import Progress, evaluate, finished_runs, load_tensors, run_key, save_tensors, train_run, write_json
+from .models import PAPER_SETTINGS
+from .runner import Progress, SeedRun, evaluate, load_tensors, run_key, save_tensors, write_json
 
 __all__ = [
     "StabilityConfig",
@@ -195,14 +195,14 @@ def _load_(model: nn.Module, weights: Mapping[str, Tensor]) -> None:
             live[k].copy_(v)
 
 
-def _trajectory(config: StabilityConfig, data: DatasetSplits, out_dir: Path, seed: int) -> dict[str, Any]:
+def _trajectory(run: SeedRun) -> dict[str, Any]:
     """theta_k for every rewind point and the trained dense weights theta_T: one run from theta_0, saved."""
-    path = out_dir / "state" / f"seed{seed}-trajectory.pt"
+    config, seed, path = run.config, run.seed, run.path("trajectory")
     if path.is_file():
         return load_tensors(path)
     from torch.optim.optimizer import register_optimizer_step_post_hook
 
-    model = build_model(config.model, input_shape=data.input_shape, num_classes=data.num_classes, seed=seed)
+    model = run.new_model()
     thetas = {0: _state(model)}
     steps = [0]
 
@@ -213,8 +213,7 @@ def _trajectory(config: StabilityConfig, data: DatasetSplits, out_dir: Path, see
 
     handle = register_optimizer_step_post_hook(capture)
     try:
-        result = train_run(model, data, iterations=config.iterations, batch_size=config.batch_size, lr=config.lr,
-                           eval_every=config.iterations, seed=100_003 * seed)
+        result = run.train(model, 0, eval_every=config.iterations, progress=None)
     finally:
         handle.remove()
     trajectory = {"thetas": {str(k): v for k, v in thetas.items()}, "trained": _state(model)}
@@ -224,24 +223,18 @@ def _trajectory(config: StabilityConfig, data: DatasetSplits, out_dir: Path, see
     return trajectory
 
 
-class _Seed:
-    """One seed's measurements: trains, spawns, measures, records."""
+class _Seed(SeedRun):
+    """One seed's measurements: the shared setup, plus spawning, measuring and recording."""
 
-    def __init__(self, config: StabilityConfig, data: DatasetSplits, out_dir: Path, seed: int,
+    def __init__(self, config: StabilityConfig, data: DatasetSplits, out_dir: Path, seed: int, *,
                  progress: Optional[Progress], backend: str) -> None:
-        self.config, self.data, self.out_dir, self.seed = config, data, out_dir, seed
-        self.progress, self.backend = progress, backend
-        self.done = finished_runs(out_dir)
-        self.copy_seeds = (100_003 * seed + 1, 100_003 * seed + 2)
+        super().__init__(config, data, out_dir, seed, progress=progress, backend=backend)
+        self.copy_seeds = (self.data_seed(1), self.data_seed(2))
 
-    def new_model(self) -> nn.Module:
-        return build_model(self.config.model, input_shape=self.data.input_shape,
-                           num_classes=self.data.num_classes, seed=self.seed)
-
-    def train(self, model: nn.Module, data_seed: int, k: int) -> None:
+    def train_from(self, model: nn.Module, data_seed: int, k: int) -> None:
+        """Train ``model`` from iteration ``k`` to ``T`` on the data order of ``data_seed``."""
         length = self.config.iterations - k
-        train_run(model, self.data, iterations=length, batch_size=self.config.batch_size, lr=self.config.lr,
-                  eval_every=length, seed=data_seed)
+        self.train(model, 0, iterations=length, eval_every=length, seed=data_seed, progress=None)
 
     def test_error(self, model: nn.Module) -> float:
         return 1.0 - evaluate(model, self.data.test)[1]
@@ -251,7 +244,7 @@ class _Seed:
         from .. import instability, spawn_copies  # the public API only
 
         t0 = time.perf_counter()
-        a, b = spawn_copies(model, start, lambda m, s: self.train(m, s, k), seeds=self.copy_seeds, masks=masks)
+        a, b = spawn_copies(model, start, lambda m, s: self.train_from(m, s, k), seeds=self.copy_seeds, masks=masks)
         result = instability(model, a, b, self.test_error, points=self.config.points, masks=masks)
         kept = sum(int(m.sum()) for m in masks.values()) if masks else None
         total = sum(m.numel() for m in masks.values()) if masks else None
@@ -290,7 +283,7 @@ class _Seed:
                         first = False
                     else:
                         order += 1
-                        self.train(model, 100_003 * self.seed + order, k)
+                        self.train_from(model, self.data_seed(order), k)
             masks, previous = ticket.masks, remaining
             if run_key(self.seed, kind, k) not in self.done:
                 self.measure(kind, k, model, ticket.rewind_weights, masks)
@@ -299,13 +292,13 @@ class _Seed:
 def run_seed(config: StabilityConfig, data: DatasetSplits, out_dir: Path, seed: int, *,
              progress: Optional[Progress] = None, backend: str = "prune") -> None:
     """Every measurement of one seed not yet in ``out_dir`` (see the module docstring)."""
-    work = _Seed(config, data, Path(out_dir), seed, progress, backend)
+    work = _Seed(config, data, Path(out_dir), seed, progress=progress, backend=backend)
     trajectory = None
     for k in config.rewind_points:
         if all(run_key(seed, kind, k) in work.done for kind in config.kinds):
             continue
         if trajectory is None:
-            trajectory = _trajectory(config, data, Path(out_dir), seed)
+            trajectory = _trajectory(work)
         work.rewind_point(k, trajectory)
 
 

@@ -26,9 +26,9 @@ import torch
 
 from .. import SupermaskTicket, find_targets  # the public API only
 from .data import DatasetSplits
-from .models import PAPER_SETTINGS, build_model
+from .models import PAPER_SETTINGS
 from .report import summarize
-from .runner import Progress, evaluate, finished_runs, record_run, run_key, train_run, write_json
+from .runner import Progress, SeedRun, evaluate, write_json
 
 __all__ = ["KINDS", "PROFILES", "StrongConfig", "describe", "format_report", "make_config", "planned_runs",
            "plot_runs", "run_seed", "write_outputs"]
@@ -163,32 +163,25 @@ def _percent(sparsity: float) -> int:
 def run_seed(config: StrongConfig, data: DatasetSplits, out_dir: Path, seed: int, *,
              progress: Progress | None = None, backend: str = "prune") -> None:
     """Every planned run of one seed not yet recorded in ``out_dir`` (see the module docstring)."""
-    done = finished_runs(out_dir)
-
-    def new_model():
-        return build_model(config.model, input_shape=data.input_shape, num_classes=data.num_classes, seed=seed)
-
-    if run_key(seed, "dense", 0) not in done:
-        model = new_model()
+    run = SeedRun(config, data, out_dir, seed, progress=progress, backend=backend)
+    if run.pending("dense", 0):
+        model = run.new_model()
         ones = {t.fqn: torch.ones(t.shape, dtype=torch.bool) for t in find_targets(model)}
-        result = train_run(model, data, iterations=config.iterations, batch_size=config.dense_batch_size,
-                           lr=config.dense_lr, eval_every=config.eval_every, seed=100_003 * seed, progress=progress)
-        record_run(out_dir, seed=seed, kind="dense", rnd=0, masks=ones, result=result)
+        result = run.train(model, 0, batch_size=config.dense_batch_size, lr=config.dense_lr)
+        run.record("dense", 0, ones, result)
     for init in config.weight_inits:
         for sparsity in config.sparsities:
-            if run_key(seed, init, _percent(sparsity)) in done:
+            if not run.pending(init, _percent(sparsity)):
                 continue
-            model = new_model()
+            model = run.new_model()
             ticket = SupermaskTicket(model, sparsity=sparsity, weight_init=init, seed=seed, backend=backend)
 
             def sgd(params: list[torch.Tensor]) -> torch.optim.Optimizer:
                 return torch.optim.SGD(params, lr=config.lr, momentum=config.momentum,
                                        weight_decay=config.weight_decay)
 
-            with ticket:
-                result = train_run(model, data, iterations=config.iterations, batch_size=config.batch_size,
-                                   lr=config.lr, eval_every=config.eval_every, seed=100_003 * seed + 1,
-                                   progress=progress, parameters=ticket.parameters(), optimizer=sgd)
+            with ticket:  # every supermask sees the data order of "round" 1, the dense network that of 0
+                result = run.train(model, 1, parameters=ticket.parameters(), optimizer=sgd)
             # the installed mask is the one the last forward used: the same test accuracy, checked
             _, installed = evaluate(model, data.test)
             if installed != result["test_acc_end"]:
@@ -196,7 +189,7 @@ def run_seed(config: StrongConfig, data: DatasetSplits, out_dir: Path, seed: int
                     f"strong experiment: the installed supermask scores {installed:.4f} on the test set, the "
                     f"trained scores gave {result['test_acc_end']:.4f}; the mask was not installed as trained"
                 )
-            record_run(out_dir, seed=seed, kind=init, rnd=_percent(sparsity), masks=ticket.masks, result=result)
+            run.record(init, _percent(sparsity), ticket.masks, result)
 
 
 def format_table(summary: Sequence[Mapping[str, Any]], config: StrongConfig) -> str:

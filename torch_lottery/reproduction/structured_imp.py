@@ -34,14 +34,12 @@ from torch import Tensor, nn
 
 from .. import LotteryTicket  # the public API
 from ..structured import ChannelPlan
-from .imp import _Seed
 from .imp import planned_runs as imp_planned_runs
 from .imp import run_seed as imp_run_seed
 from .config import KINDS, ReproConfig
 from .data import DatasetSplits
-from .models import PAPER_SETTINGS, paper_layer_rates
 from .report import summarize
-from .runner import Progress, load_tensors, save_tensors, write_json
+from .runner import Progress, SeedRun, load_tensors, save_tensors, write_json
 
 __all__ = ["ALL_KINDS", "STRUCTURED_KINDS", "format_report", "planned_runs", "run_seed", "write_outputs"]
 
@@ -113,12 +111,10 @@ def compact_speed(small: nn.Module, dense: nn.Module, data: DatasetSplits, *, ba
 class _Structured:
     """One seed's structured tickets: the IMP experiment's context plus the channel ticket's settings."""
 
-    def __init__(self, run: Any, example: Tensor) -> None:
+    def __init__(self, run: SeedRun, example: Tensor) -> None:
         self.run, self.example = run, example
-        model = run.new_model(run.seed)
-        weight_rates = paper_layer_rates(model, PAPER_SETTINGS[run.config.model])
-        groups = ChannelPlan.trace(model, example).group_names  # the root layer of each prunable group
-        self.rates = {g: weight_rates[f"{g}.weight"] for g in groups}
+        groups = ChannelPlan.trace(run.new_model(), example).group_names  # the root layer of each prunable group
+        self.rates = {g: run.rates[f"{g}.weight"] for g in groups}
 
     def ticket(self, model: nn.Module) -> LotteryTicket:
         return LotteryTicket(model, scope="layer", layer_rates=dict(self.rates), granularity="channel",
@@ -136,7 +132,7 @@ def run_seed(config: ReproConfig, data: DatasetSplits, out_dir: Path, seed: int,
              progress: Progress | None = None, backend: str = "prune") -> None:
     """The IMP experiment's runs of ``seed``, then its structured runs (see the module docstring); resumable."""
     imp_run_seed(config, data, out_dir, seed, progress=progress, backend=backend)
-    run = _Seed(config, data, out_dir, seed, progress, backend)
+    run = SeedRun(config, data, out_dir, seed, progress=progress, backend=backend)
     st = _Structured(run, data.train.x[:1])
     model = run.new_model(seed)
     ticket = st.ticket(model)
