@@ -505,3 +505,19 @@ def test_ddp_trainer_under_torchrun_prunes_alike_on_every_rank_and_resumes_exact
             assert same(result["masks"], reference["masks"]), name
             assert same(result["weights"], reference["weights"]), name
     assert (tmp_path / "run" / "checkpoint-2" / TICKET_FILE).is_file()
+
+
+def test_a_new_trainer_per_round_with_the_same_callback_equals_one_trainer_called_twice(tmp_path):
+    one = bert()
+    callback = LotteryTicketCallback(rate=0.2, rounds=2)
+    trainer = transformers.Trainer(model=one, args=make_args(tmp_path / "one"), train_dataset=Data(), callbacks=[callback])
+    trainer.train()
+    trainer.train()
+    many = bert()
+    shared = LotteryTicketCallback(rate=0.2, rounds=2)
+    for r in range(2):  # a fresh Trainer, AdamW and schedule each round; the ticket carries on
+        fresh = transformers.Trainer(model=many, args=make_args(tmp_path / f"r{r}"), train_dataset=Data(), callbacks=[shared])
+        fresh.train()
+    assert shared.ticket.round == 2
+    assert same(shared.ticket.masks, callback.ticket.masks)
+    assert same(effective(many), effective(one))
