@@ -37,6 +37,7 @@ def main(out_dir: str, backend: str) -> None:
     torch.save({k: v.cpu() for k, v in ticket.masks.items()}, f"{out_dir}/masks_{rank}.pt")
     torch.save({t.fqn: ticket.backend.weight(t).cpu() for t in ticket.targets}, f"{out_dir}/weights_{rank}.pt")
     torch.save({t.fqn: ticket.backend.parameter(t).detach().cpu() for t in ticket.targets}, f"{out_dir}/raw_{rank}.pt")
+    dist.barrier()  # both ranks done before the group is torn down
     dist.destroy_process_group()
 
 

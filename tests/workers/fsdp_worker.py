@@ -200,5 +200,6 @@ if __name__ == "__main__":
     dist.init_process_group("gloo")
     try:
         {"rounds": rounds, "resume": resume}[sys.argv[2]](sys.argv[1])
+        dist.barrier()  # both ranks done before either tears the group down (a rank leaving early can abort the other's gloo threads)
     finally:
         dist.destroy_process_group()
