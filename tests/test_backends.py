@@ -72,6 +72,25 @@ def test_interop_with_prune_remove_and_is_pruned():
     assert (model[0].weight[~masks["0.weight"]] == 0).all()
 
 
+def test_parameter_order_survives_pruning_so_optimizer_states_load_by_index():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 3), nn.Linear(3, 2))
+    before = torch.optim.Adam(model.parameters(), lr=0.1)
+    step(model, before, torch.randn(5, 4))
+    shapes = [tuple(p.shape) for p in model.parameters()]
+    ticket = LotteryTicket(model, rate=0.5)
+    with ticket:
+        pass
+    assert [tuple(p.shape) for p in model.parameters()] == shapes  # weight_orig where weight was, not last
+    assert [n for n, _ in model.named_parameters()] == ["0.weight_orig", "0.bias", "1.weight_orig", "1.bias"]
+    after = torch.optim.Adam(model.parameters(), lr=0.1)  # a resumed run builds its optimizer on the pruned model
+    after.load_state_dict(before.state_dict())
+    assert all(after.state[p]["exp_avg"].shape == p.shape for p in model.parameters())
+    step(model, after, torch.randn(5, 4))
+    ticket.remove_()
+    assert [n for n, _ in model.named_parameters()] == ["0.weight", "0.bias", "1.weight", "1.bias"]
+
+
 def test_adopts_masks_made_by_torch_prune():
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(10, 10))

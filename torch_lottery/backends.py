@@ -263,6 +263,7 @@ class PruneBackend(MaskBackend):
             module._buffers[name + "_mask"] = shared
         for module_name, name in target.places():
             self._hook_state(get_place(self.model, module_name), name)
+            self._keep_order(get_place(self.model, module_name))
         self._watch_readers(target)
         self.refresh_(target)
 
@@ -303,6 +304,17 @@ class PruneBackend(MaskBackend):
             self._unhook_state(module, name)
         self._unwatch_readers(target)
 
+    def _keep_order(self, module: nn.Module) -> None:
+        """Put ``<name>_orig`` where ``<name>`` was (prune appends it), so ``parameters()`` keeps its order and
+        an optimizer built before pruning and one built after list the same tensors (their states load by index)."""
+        order = self._param_order.get(id(module))
+        if order is None:
+            return
+        rank = {k: i for i, k in enumerate(order)}
+        place = {k: rank.get(k, rank.get(k[: -len("_orig")] if k.endswith("_orig") else k, len(order))) for k in module._parameters}
+        if list(module._parameters) != sorted(module._parameters, key=place.__getitem__):
+            module._parameters = {k: module._parameters[k] for k in sorted(module._parameters, key=place.__getitem__)}
+
     def _restore_order(self, module: nn.Module) -> None:
         order = self._param_order.get(id(module))
         if order is not None and set(order) == set(module._parameters):
@@ -339,6 +351,7 @@ class PruneBackend(MaskBackend):
             module = get_place(self.model, module_name)
             if self._hook(module, name) is not None:
                 prune.remove(module, name)
+                self._restore_order(module)
             self._unhook_state(module, name)
         self._unwatch_readers(target)
 
