@@ -190,27 +190,37 @@ def test_late_rewinding_restores_or_resets_adam_and_scheduler_at_step_k(tmp_path
 
 
 # ---------------------------------------------------------------------------------------------- checkpoints
-def test_resume_from_checkpoint_after_a_round_equals_the_uninterrupted_run(tmp_path: Path) -> None:
-    opts = dict(rate=0.5, rounds=3, every_n_epochs=1, rewind=2)  # theta_2 and Adam after step 2 are restored at each rewind
+@pytest.mark.parametrize(
+    "backend, opts, stop_after, rows",
+    [  # stopped inside round 2 (theta_2 and Adam after step 2 restored at each rewind)
+        ("prune", dict(rate=0.5, rounds=3, every_n_epochs=1, rewind=2), 2, [0.75, 0.875]),
+        # stopped inside round 1 before theta_6 was captured: the resumed round counts on from step 4
+        ("baked", dict(rate=0.5, rounds=2, every_n_epochs=2, rewind=STEPS_PER_EPOCH + 2), 1, [0.5, 0.75]),
+    ],
+)
+def test_resume_from_checkpoint_equals_the_uninterrupted_run(tmp_path: Path, backend: str, opts: dict, stop_after: int, rows: list) -> None:
+    opts = dict(opts, backend=backend)
     model_a, cb_a = Net(scheduler=True), LotteryTicketCallback(**opts)
     make_trainer(tmp_path / "a", 5, [cb_a]).fit(model_a, loader())
 
     ckpt = ModelCheckpoint(dirpath=tmp_path / "ckpt", save_top_k=-1, every_n_epochs=1, save_on_train_epoch_end=True)
     model_b, cb_b = Net(scheduler=True), LotteryTicketCallback(**opts)
-    make_trainer(tmp_path / "b", 2, [cb_b, ckpt], checkpointing=True).fit(model_b, loader())  # stopped after epoch 1
-    path = tmp_path / "ckpt" / "epoch=1-step=8.ckpt"
+    make_trainer(tmp_path / "b", stop_after, [cb_b, ckpt], checkpointing=True).fit(model_b, loader())
+    path = tmp_path / "ckpt" / f"epoch={stop_after - 1}-step={stop_after * STEPS_PER_EPOCH}.ckpt"
     assert path.is_file()
 
     model_c, cb_c = Net(scheduler=True), LotteryTicketCallback(**opts)  # a fresh process's objects
     trainer_c = make_trainer(tmp_path / "c", 5, [cb_c])
     trainer_c.fit(model_c, loader(), ckpt_path=path)
-    assert cb_c.ticket.round == cb_a.ticket.round == 3
+    assert cb_c.ticket.round == cb_a.ticket.round == opts["rounds"]
     assert cb_c.ticket.history == cb_a.ticket.history
     masks_a, masks_c = cb_a.ticket.masks, cb_c.ticket.masks
     assert all(torch.equal(masks_a[f], masks_c[f]) for f in TARGETS)
+    rewind_a, rewind_c = cb_a.ticket.rewind_weights, cb_c.ticket.rewind_weights
+    assert rewind_a.keys() == rewind_c.keys() and all(torch.equal(rewind_a[k], rewind_c[k]) for k in rewind_a)
     state_a, state_c = plain(model_a), plain(model_c)
     assert state_a.keys() == state_c.keys() and all(torch.equal(state_a[k], state_c[k]) for k in state_a)
-    assert metric_rows(trainer_c) == [0.75, 0.875]  # round 2 (open in the checkpoint) ended at epoch 2's start, round 3 at epoch 3's
+    assert metric_rows(trainer_c) == rows  # the rounds the resumed run finished
 
 
 def test_fit_ckpt_path_between_fits_continues_the_next_round_exactly(tmp_path: Path) -> None:

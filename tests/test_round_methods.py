@@ -226,3 +226,24 @@ def test_bad_settings_are_refused_before_the_model_is_touched(kwargs, error, mat
 
 def test_exclude_none_means_nothing_excluded():
     assert LotteryTicket(lenet(0), rate=0.2, exclude=None).target_fqns == LotteryTicket(lenet(0), rate=0.2).target_fqns
+
+
+def test_begin_round_steps_resumes_counting_toward_late_rewinding():
+    a, b = lenet(0), lenet(0)
+    ta, tb = LotteryTicket(a, rate=0.3, rewind=3), LotteryTicket(b, rate=0.3, rewind=3)
+    opt_a, opt_b = torch.optim.SGD(a.parameters(), lr=0.1), torch.optim.SGD(b.parameters(), lr=0.1)
+    with ta:  # uninterrupted: theta_3 after the third step
+        train_steps(a, opt_a, 2)
+        train_steps(a, opt_a, 2)
+    tb.begin_round_()
+    train_steps(b, opt_b, 2)
+    state = tb.state_dict()
+    tb.abort_round_()  # stopped after 2 steps; a resumed run continues the round from its checkpoint
+    assert state["steps"] == 2 and not state["rewind_captured"]
+    tb.begin_round_(steps=state["steps"])
+    train_steps(b, opt_b, 2)
+    tb.end_round_()
+    assert all(torch.equal(ta.rewind_weights[k], tb.rewind_weights[k]) for k in ta.rewind_weights)
+    assert all(torch.equal(ta.masks[k], tb.masks[k]) for k in ta.masks)
+    with pytest.raises(ValueError, match=r"begin_round_\(\): steps=-1 is not a step count"):
+        LotteryTicket(lenet(0), rate=0.3).begin_round_(steps=-1)

@@ -356,10 +356,17 @@ class LotteryTicket:
         )
 
     # ------------------------------------------------------------------ the round
-    def begin_round_(self) -> None:
-        """Open a round: take theta_0 on the first one, start counting steps for ``rewind=k``."""
+    def begin_round_(self, *, steps: int = 0) -> None:
+        """Open a round: take theta_0 on the first one, start counting steps for ``rewind=k``.
+
+        Args:
+            steps: optimizer steps this round already ran before a checkpoint it is resumed from
+                (``state_dict()["steps"]``); they count toward ``k``. ``0`` for a new round.
+        """
         if self._active:
             raise RuntimeError("LotteryTicket.begin_round_(): this ticket's round is already open; rounds do not nest")
+        if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
+            raise ValueError(f"LotteryTicket.begin_round_(): steps={steps!r} is not a step count; pass an int >= 0")
         self._check_can_prune("begin_round_")
         if not self._point.taken:
             self._warn_unmasked_zeros()
@@ -367,7 +374,7 @@ class LotteryTicket:
         with deferred_interrupts():  # hooks and the open flag go together
             try:
                 if not self._point.captured:
-                    self._point.start_counting(self._live, self._owns)
+                    self._point.start_counting(self._live, self._owns, steps=steps)
                 self._active = True
             except BaseException:
                 self._point.stop_counting()

@@ -272,13 +272,16 @@ class RewindPoint:
         self,
         live: Callable[[], Mapping[str, Tensor]],
         owns: Callable[[torch.optim.Optimizer], bool],
+        *,
+        steps: int = 0,
     ) -> None:
         """Hook optimizer steps until step ``k`` has run; then take ``live()`` as theta_k.
 
         With ``optimizer`` only its steps count; without, every optimizer that updates a
-        parameter of the model (``owns``) counts, through torch's global step hooks.
+        parameter of the model (``owns``) counts, through torch's global step hooks. ``steps``
+        already ran (a round resumed from a checkpoint taken inside it).
         """
-        self.steps = 0
+        self.steps = steps
         self._register_counting(live, owns)
 
     def _register_counting(

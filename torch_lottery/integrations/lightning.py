@@ -200,6 +200,7 @@ class LotteryTicketCallback(pl.Callback):
         self._epochs_done = 0  # epochs of the open round run in earlier fits
         self._start_epoch = 0  # trainer.current_epoch when this fit's part of the open round began
         self._fresh: Optional[tuple[Any, Any]] = None  # freshly configured optimizer/scheduler state
+        self._resume_steps = 0  # optimizer steps the reopened round ran before its checkpoint (rewind=k)
 
     # ------------------------------------------------------------------ views
     @property
@@ -266,12 +267,13 @@ class LotteryTicketCallback(pl.Callback):
             self._start_epoch = trainer.current_epoch
         if self._schedule is None:
             if not self._open and not ticket.done:
-                self._begin(trainer, reset_epochs=True)
+                self._begin(trainer, reset_epochs=True, steps=self._resume_steps if self._reopen else 0)
             elif ticket.done:
                 logger.info("all %s rounds are done: this fit trains the ticket without pruning", ticket.rounds)
         elif self._reopen and not ticket.done:
-            self._begin(trainer, reset_epochs=False)
+            self._begin(trainer, reset_epochs=False, steps=self._resume_steps)
         self._reopen = self._resumed = False
+        self._resume_steps = 0
 
     def on_train_epoch_start(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> None:
         """Every ``every_n_epochs``: end the round whose epochs have run, open the next one."""
@@ -302,8 +304,8 @@ class LotteryTicketCallback(pl.Callback):
             self._open = False
             self._ticket.abort_round_(type(exception).__name__)
 
-    def _begin(self, trainer: "pl.Trainer", *, reset_epochs: bool) -> None:
-        self._require_ticket("on_train_start").begin_round_()
+    def _begin(self, trainer: "pl.Trainer", *, reset_epochs: bool, steps: int = 0) -> None:
+        self._require_ticket("on_train_start").begin_round_(steps=steps)
         self._open = True
         if reset_epochs:
             self._epochs_done, self._start_epoch = 0, trainer.current_epoch
@@ -389,6 +391,8 @@ class LotteryTicketCallback(pl.Callback):
             self._ticket.load_state_dict(state["ticket"])
         self._pending = state
         self._reopen = bool(state["round_open"])
+        ticket_state = state["ticket"]
+        self._resume_steps = 0 if ticket_state.get("rewind_captured", True) else int(ticket_state.get("steps", 0))
         self._epochs_done, self._start_epoch = int(state["epochs_done"]), int(state["start_epoch"])
         self._resumed = True
 
