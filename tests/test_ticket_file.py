@@ -795,7 +795,7 @@ def test_consistently_tampered_files_give_value_errors_only(data, base_ticket_fi
             key = data.draw(st.sampled_from(meta_keys), label="meta key")
             if data.draw(st.booleans(), label="drop"):
                 meta.pop(key, None)
-            elif key in meta and meta[key][:1] in "[{" and data.draw(st.booleans(), label="json edit"):
+            elif key in meta and meta[key][:1] in ("[", "{") and data.draw(st.booleans(), label="json edit"):
                 value = json.loads(meta[key])
                 meta[key] = json.dumps(_perturb(value, data))
             else:
