@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import os
 import signal
 import subprocess
 import sys
@@ -365,3 +366,26 @@ def test_the_module_without_lightning_names_the_extra() -> None:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert "pip install torch_lottery[lightning]" in out.stdout
+
+
+@pytest.mark.slow
+def test_ddp_ranks_share_the_masks_and_only_rank_zero_logs_and_writes(tmp_path: Path) -> None:
+    worker = Path(__file__).parent / "workers" / "lightning_ddp_worker.py"
+    root = str(Path(__file__).resolve().parents[1])
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join([root, os.environ.get("PYTHONPATH", "")])}
+    out = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2", str(worker), str(tmp_path)],
+        capture_output=True, text=True, timeout=300, env=env,
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    r0, r1 = torch.load(tmp_path / "rank_0.pt"), torch.load(tmp_path / "rank_1.pt")
+    assert r0["round"] == r1["round"] == 2
+    assert all(torch.equal(r0["masks"][k], r1["masks"][k]) for k in TARGETS)
+    assert sum(int(m.sum()) for m in r0["masks"].values()) == 40
+    assert all(torch.equal(r0["state"][k], r1["state"][k]) for k in r0["state"])  # DDP kept the ranks equal
+    assert "round 2 done" in (tmp_path / "log_0.txt").read_text()
+    assert "round 2 done" not in (tmp_path / "log_1.txt").read_text()
+    rows = [r for r in csv.DictReader(open(next(tmp_path.glob("lightning_logs/version_*/metrics.csv")))) if r.get("lottery/sparsity")]
+    assert [float(r["lottery/sparsity"]) for r in rows] == [0.5, 0.75]
+    assert (tmp_path / "ticket.safetensors").is_file()
+    assert len(load_ticket(tmp_path / "ticket.safetensors", Net()).history) == 2
