@@ -54,6 +54,14 @@ class Net(L.LightningModule):
         return {"optimizer": opt, "lr_scheduler": torch.optim.lr_scheduler.StepLR(opt, step_size=1, gamma=0.5)}
 
 
+class Validated(Net):
+    """With a validation loop: ModelCheckpoint then saves at validation end."""
+
+    def validation_step(self, batch: Any, batch_idx: int) -> None:
+        x, y = batch
+        self.log("val_loss", nn.functional.cross_entropy(self(x), y))
+
+
 def loader() -> DataLoader:
     g = torch.Generator().manual_seed(1)
     ds = TensorDataset(torch.randn(16 * STEPS_PER_EPOCH, 8, generator=g), torch.randint(0, 2, (16 * STEPS_PER_EPOCH,), generator=g))
@@ -197,27 +205,33 @@ def test_late_rewinding_restores_or_resets_adam_and_scheduler_at_step_k(tmp_path
 
 # ---------------------------------------------------------------------------------------------- checkpoints
 @pytest.mark.parametrize(
-    "backend, opts, stop_after, rows",
+    "backend, opts, stop_after, rows, validate",
     [  # stopped inside round 2 (theta_2 and Adam after step 2 restored at each rewind)
-        ("prune", dict(rate=0.5, rounds=3, every_n_epochs=1, rewind=2), 2, [0.75, 0.875]),
+        ("prune", dict(rate=0.5, rounds=3, every_n_epochs=1, rewind=2), 2, [0.75, 0.875], False),
+        # the same, with ModelCheckpoint saving at validation end (before the epoch's on_train_epoch_end)
+        ("prune", dict(rate=0.5, rounds=3, every_n_epochs=1, rewind=2), 2, [0.75, 0.875], True),
         # stopped inside round 1 before theta_6 was captured: the resumed round counts on from step 4
-        ("baked", dict(rate=0.5, rounds=2, every_n_epochs=2, rewind=STEPS_PER_EPOCH + 2), 1, [0.5, 0.75]),
+        ("baked", dict(rate=0.5, rounds=2, every_n_epochs=2, rewind=STEPS_PER_EPOCH + 2), 1, [0.5, 0.75], False),
     ],
 )
-def test_resume_from_checkpoint_equals_the_uninterrupted_run(tmp_path: Path, backend: str, opts: dict, stop_after: int, rows: list) -> None:
+def test_resume_from_checkpoint_equals_the_uninterrupted_run(
+    tmp_path: Path, backend: str, opts: dict, stop_after: int, rows: list, validate: bool
+) -> None:
     opts = dict(opts, backend=backend)
-    model_a, cb_a = Net(scheduler=True), LotteryTicketCallback(**opts)
-    make_trainer(tmp_path / "a", 5, [cb_a]).fit(model_a, loader())
+    cls = Validated if validate else Net
+    val = [loader()] if validate else []
+    model_a, cb_a = cls(scheduler=True), LotteryTicketCallback(**opts)
+    make_trainer(tmp_path / "a", 5, [cb_a]).fit(model_a, loader(), *val)
 
-    ckpt = ModelCheckpoint(dirpath=tmp_path / "ckpt", save_top_k=-1, every_n_epochs=1, save_on_train_epoch_end=True)
-    model_b, cb_b = Net(scheduler=True), LotteryTicketCallback(**opts)
-    make_trainer(tmp_path / "b", stop_after, [cb_b, ckpt], checkpointing=True).fit(model_b, loader())
+    ckpt = ModelCheckpoint(dirpath=tmp_path / "ckpt", save_top_k=-1, every_n_epochs=1, save_on_train_epoch_end=not validate)
+    model_b, cb_b = cls(scheduler=True), LotteryTicketCallback(**opts)
+    make_trainer(tmp_path / "b", stop_after, [cb_b, ckpt], checkpointing=True).fit(model_b, loader(), *val)
     path = tmp_path / "ckpt" / f"epoch={stop_after - 1}-step={stop_after * STEPS_PER_EPOCH}.ckpt"
     assert path.is_file()
 
-    model_c, cb_c = Net(scheduler=True), LotteryTicketCallback(**opts)  # a fresh process's objects
+    model_c, cb_c = cls(scheduler=True), LotteryTicketCallback(**opts)  # a fresh process's objects
     trainer_c = make_trainer(tmp_path / "c", 5, [cb_c])
-    trainer_c.fit(model_c, loader(), ckpt_path=path)
+    trainer_c.fit(model_c, loader(), *val, ckpt_path=path)
     assert cb_c.ticket.round == cb_a.ticket.round == opts["rounds"]
     assert cb_c.ticket.history == cb_a.ticket.history
     masks_a, masks_c = cb_a.ticket.masks, cb_c.ticket.masks
