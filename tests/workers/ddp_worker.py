@@ -1,5 +1,6 @@
 """torchrun worker: IMP rounds under DistributedDataParallel (gloo, CPU); writes each rank's masks and weights."""
 
+import os
 import sys
 
 import torch
@@ -43,3 +44,7 @@ def main(out_dir: str, backend: str) -> None:
 
 if __name__ == "__main__":
     main(sys.argv[1], sys.argv[2])
+    # Leave without interpreter teardown: every result is on disk, and torch's C++ teardown of the gloo group
+    # intermittently aborted a rank under load ("terminate called without an active exception").
+    sys.stdout.flush(), sys.stderr.flush()
+    os._exit(0)

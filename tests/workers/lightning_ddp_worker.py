@@ -48,3 +48,7 @@ def main() -> None:
 
 if __name__ == "__main__":
     main()
+    # Leave without interpreter teardown: every result is on disk, and torch's C++ teardown of the gloo group
+    # intermittently aborted a rank under load ("terminate called without an active exception").
+    sys.stdout.flush(), sys.stderr.flush()
+    os._exit(0)
