@@ -6,12 +6,12 @@ import statistics
 import sys
 import time
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, Mapping, Sequence
 
 # Benchmark the checkout these scripts live in, even if another copy is installed.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-__all__ = ["median_time", "peak_rss_delta", "print_table", "rss_bytes"]
+__all__ = ["interleaved_medians", "median_time", "peak_rss_delta", "print_table", "rss_bytes"]
 
 
 def median_time(fn: Callable[[], object], *, reps: int, warmup: int = 1) -> float:
@@ -24,6 +24,21 @@ def median_time(fn: Callable[[], object], *, reps: int, warmup: int = 1) -> floa
         fn()
         times.append(time.perf_counter() - start)
     return statistics.median(times)
+
+
+def interleaved_medians(fns: Mapping[str, Callable[[], object]], reps: int, *, warmup: int = 1) -> dict[str, float]:
+    """Median wall time of each ``fns[name]()`` in seconds, the calls interleaved (a, b, c, a, b, c, ...)
+    over ``reps`` rounds after ``warmup`` untimed rounds: load that comes and goes hits every variant alike."""
+    for _ in range(warmup):
+        for fn in fns.values():
+            fn()
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(reps):
+        for name, fn in fns.items():
+            start = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(t) for name, t in times.items()}
 
 
 def _status_kib(field: str) -> int:

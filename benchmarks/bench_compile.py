@@ -19,16 +19,15 @@ from __future__ import annotations
 
 import argparse
 import copy
-import statistics
+import functools
 import sys
-import time
 
 import _common  # noqa: F401  (puts the checkout on sys.path)
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from _common import print_table
+from _common import interleaved_medians, print_table
 from _models import MODELS
 from torch_lottery import LotteryTicket
 
@@ -91,20 +90,15 @@ def run_model(name: str, batch: int, steps: int, warmup: int, compiler: str) -> 
             for _ in range(warmup):
                 v.train_step(x, y)
         warm = dict(counter)
-        times: dict[str | None, list[float]] = {v.backend: [] for v in variants}
-        for _ in range(steps):
-            for v in variants:
-                start = time.perf_counter()
-                v.train_step(x, y)
-                times[v.backend].append(time.perf_counter() - start)
+        medians = interleaved_medians({v.backend: functools.partial(v.train_step, x, y) for v in variants}, steps, warmup=0)
         for k in counter:
             new = counter[k] - (warm if may_compile else before).get(k, 0)
             if new:
                 print(f"{name}, {label}: {k or 'dense'} compiled {new} more time(s)", file=sys.stderr)
                 ok = False
-        dense = statistics.median(times[None])
+        dense = medians[None]
         for v in variants:
-            med = statistics.median(times[v.backend])
+            med = medians[v.backend]
             sparsity = f"{v.ticket.sparsity:.2f}" if v.ticket is not None else "0"
             rows.append([name, label, v.backend or "dense", sparsity, f"{med * 1e3:.3f}", f"{med / dense:.3f}",
                          counter.get(v.backend, 0) - before.get(v.backend, 0)])

@@ -24,15 +24,13 @@ supermask's frozen weights must be bitwise unchanged; otherwise the script exits
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
-import time
 
 import _common  # noqa: F401  (puts the checkout on sys.path)
 import torch
 import torch.nn.functional as F
 
-from _common import print_table
+from _common import interleaved_medians, print_table
 from _models import MODELS
 from torch_lottery import SupermaskTicket
 from torch_lottery.topk import top_k_flat, top_k_masks
@@ -77,18 +75,6 @@ def batched_kthvalue(flat: list[torch.Tensor], keeps: list[int]) -> list[torch.T
     return [ties_last(v, k, thresholds[i]) for i, (v, k) in enumerate(zip(flat, keeps))]
 
 
-def interleaved(fns: dict[str, callable], reps: int) -> dict[str, float]:
-    for fn in fns.values():
-        fn()
-    times: dict[str, list[float]] = {name: [] for name in fns}
-    for _ in range(reps):
-        for name, fn in fns.items():
-            start = time.perf_counter()
-            fn()
-            times[name].append(time.perf_counter() - start)
-    return {name: statistics.median(t) for name, t in times.items()}
-
-
 def run_model(name: str, *, batch: int, reps: int) -> tuple[list[list[object]], list[str]]:
     failures: list[str] = []
     build = MODELS[name]
@@ -122,12 +108,12 @@ def run_model(name: str, *, batch: int, reps: int) -> tuple[list[list[object]], 
         "top-k: library, global threshold": lambda: top_k_masks(scores, cat_keep),
         "top-k: topk, global threshold": lambda: by_topk(cat, cat_keep),
     }
-    results = interleaved(timings, reps)
+    results = interleaved_medians(timings, reps)
     before = {k: v.detach().clone() for k, v in masked.state_dict().items()}
     for scope, ticket in tickets.items():
         opt = torch.optim.SGD(ticket.parameters(), lr=0.1, momentum=0.9)
         with ticket:
-            step_time = interleaved({"dense": lambda: step(dense, opt_dense), "masked": lambda: step(masked, opt)}, reps)
+            step_time = interleaved_medians({"dense": lambda: step(dense, opt_dense), "masked": lambda: step(masked, opt)}, reps)
         results[f"supermask step, {scope}"] = step_time["masked"]
         results[f"dense step (with {scope})"] = step_time["dense"]
         if scope == "layer":  # put the model back for the global ticket: undo the installed mask
